@@ -1,0 +1,49 @@
+# Two commands do everything, set-up included:  `make repro` (the pipeline)  and  `make test` (the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install repro test test-slow lab docs sync-check bench clean-venv
+
+# Create the virtual environment if missing and install the project with its development tools.
+# torch/torchvision are pinned (settings.ini); nothing is downloaded but packages.
+$(STAMP): settings.ini setup.py pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qualiclip)" >/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: regenerate every table and figure of the active profile (params.yaml; the demo by default).
+repro: install
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+# The tests: every notebook's test cells (nbdev_test, slow/gpu cells skipped) and the pytest suite.
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# Heavier test cells (minutes on a CPU; add `gpu` on a GPU machine).
+test-slow: install
+	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags slow
+
+# The library must be exactly what the notebooks export.
+sync-check: install
+	$(BIN)/nbdev_export
+	@git diff --quiet -- qualiclip || { git --no-pager diff --stat -- qualiclip; echo "qualiclip/ is out of sync with nbs/: run nbdev_export and commit."; exit 1; }
+
+lab: install
+	$(BIN)/jupyter lab --allow-root --notebook-dir=nbs
+
+docs: install
+	$(BIN)/python tools/build_docs.py
+
+clean-venv:
+	rm -rf $(VENV)
