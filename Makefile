@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install repro test test-slow lab docs sync-check bench clean-venv
+.PHONY: install sysdeps repro test test-slow lab docs sync-check clean-venv
 
 # Create the virtual environment if missing and install the project with its development tools.
 # torch/torchvision are pinned (settings.ini); nothing is downloaded but packages.
@@ -25,8 +25,14 @@ repro: install
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
+# Headless Chromium (Debian package) for the documentation-site test; installed when missing and possible.
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium is not installed and could not be installed: the docs screenshot test will say so"
+
 # The tests: every notebook's test cells (nbdev_test, slow/gpu cells skipped) and the pytest suite.
-test: install
+test: install sysdeps
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
