@@ -3,6 +3,7 @@
     python tools/pipeline.py pristine data/pristine            # the demo photos, train/val/test subfolders
     python tools/pipeline.py init --params params.yaml         # the starting weights: clip.pt (plain) + qualiclip.pth (official)
     python tools/pipeline.py ablate no_cons --params params.yaml   # one short training run of the ablation table
+    python tools/pipeline.py unpack data/downloads/kadis700k.zip data/kadis700k   # pristine archive -> folder
 
 All settings come from the params file (the `model:`, `train:` and `ablations:` sections), so `dvc.yaml` only names them.
 """
@@ -50,6 +51,23 @@ def init(params: str) -> int:
     return 0
 
 
+def unpack(archive: str, dest: str) -> int:
+    "Unpack a pristine-image archive safely so that `dest` holds its contents (the archive's top folder removed)."
+    import shutil
+    from qualiclip.core import atomic_path
+    from qualiclip.datasets import safe_extract
+    a, d = ROOT / archive, ROOT / dest
+    if not a.exists(): raise SystemExit(f"{a} not found: fetch it first (dvc update data.dvc)")
+    with atomic_path(d) as tmp:
+        top = safe_extract(a, tmp)
+        if len(top) == 1 and (tmp / top[0]).is_dir() and top[0] == d.name:  # kadis700k.zip holds kadis700k/...
+            inner = tmp / top[0]
+            for x in inner.iterdir(): shutil.move(str(x), tmp / x.name)
+            inner.rmdir()
+    print(f"{archive} -> {dest}")
+    return 0
+
+
 def ablate(name: str, params: str) -> int:
     "Train one ablation: the profile's `train:` recipe, the `ablations.<name>` overrides, out runs/ablations/<name>."
     from qualiclip.train import TrainConfig, train
@@ -70,9 +88,11 @@ def main(argv=None) -> int:
     a = sub.add_parser("pristine", help=pristine.__doc__); a.add_argument("out")
     a = sub.add_parser("init", help=init.__doc__); a.add_argument("--params", default="params.yaml")
     a = sub.add_parser("ablate", help=ablate.__doc__); a.add_argument("name"); a.add_argument("--params", default="params.yaml")
+    a = sub.add_parser("unpack", help=unpack.__doc__); a.add_argument("archive"); a.add_argument("dest")
     a = ap.parse_args(argv)
     if a.cmd == "pristine": return pristine(a.out)
     if a.cmd == "init": return init(a.params)
+    if a.cmd == "unpack": return unpack(a.archive, a.dest)
     return ablate(a.name, a.params)
 
 
