@@ -199,3 +199,27 @@ def test_hostile_archive_through_download(tmp_path):
     with pytest.raises(ArchiveError, match='outside'):
         download('kadid10k', tmp_path/'root', progress=False, urls={'kadid10k.zip': (tmp_path/'kadid10k.zip').as_uri()})
     assert not (tmp_path/'evil.txt').exists() and not (tmp_path/'root'/'kadid10k').exists()
+
+
+def test_prepare_cli(minis, tmp_path):
+    import subprocess, sys
+    exe = Path(sys.executable).parent/'qualiclip'
+    if not exe.exists(): pytest.skip('console script not installed')
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
+    ok = subprocess.run([str(exe), 'prepare', 'csiq', str(minis['csiq'])], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and '12 of 12 images present' in ok.stdout and 'lower is better' in ok.stdout
+    bad = subprocess.run([str(exe), 'prepare', 'tid2013', str(minis['csiq'])], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and 'mos_with_names.txt not found' in bad.stderr and 'distorted_images/i01_01_1.bmp' in bad.stderr
+
+
+def test_prepare_download_with_pinned_checksums_file(minis, tmp_path, capsys, monkeypatch):
+    from qualiclip import datasets as D
+    src = miniature_sources('kadid10k', minis['kadid10k'], tmp_path/'src')
+    spec = D.DATASETS['kadid10k']
+    monkeypatch.setattr(spec, 'sources', [('kadid10k.zip', src['kadid10k.zip'].as_uri(), None)])
+    (tmp_path/'bad.yaml').write_text(f"kadid10k.zip: '{'0'*64}'\n")
+    assert D.prepare_cmd('kadid10k', str(tmp_path/'r1'), download=True, checksums=str(tmp_path/'bad.yaml')) == 1
+    assert 'checksum mismatch' in capsys.readouterr().err
+    (tmp_path/'ok.yaml').write_text(f"kadid10k.zip: {sha256sum(src['kadid10k.zip'])}\n")
+    assert D.prepare_cmd('kadid10k', str(tmp_path/'r2'), download=True, checksums=str(tmp_path/'ok.yaml')) == 0
+    assert '12 of 12 images present' in capsys.readouterr().out
