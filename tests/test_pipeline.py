@@ -1,0 +1,133 @@
+"""The DVC pipeline and its two profiles: stages, parameters, papermill notebooks, nbdev skipping them."""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc"
+ENV = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+PAPER_NBS = sorted((ROOT / "nbs" / "paper").glob("*.ipynb"))
+OPEN_KEYS = {"archives", "ablations", "roots", "labels"}  # dicts whose keys are data (names), not settings
+
+
+def load(p): return yaml.safe_load((ROOT / p).read_text())
+
+
+def keys(d, prefix=""):
+    "All nested setting names of a params dict."
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict) and k not in OPEN_KEYS: out |= keys(v, prefix + k + ".")
+    return out
+
+
+def parameters_cell(nb_path):
+    "The literal defaults of the notebook's one `parameters` cell."
+    nb = json.loads(nb_path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{nb_path.name}: {len(cells)} cells tagged parameters, expected exactly 1"
+    src = "".join(cells[0]["source"])
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(src).body}
+
+
+def stage_list(repo: Path) -> list:
+    r = subprocess.run([DVC, "stage", "list", "--name-only"], cwd=repo, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_profiles_have_same_keys():
+    demo, paper = load("params.yaml"), load("params/paper.yaml")
+    assert keys(demo) == keys(paper), keys(demo) ^ keys(paper)
+    assert demo["profile"] == "demo" and paper["profile"] == "paper"
+    assert demo["device"] == "cpu" and paper["device"].startswith("cuda")
+    assert demo["model"]["backbone"] == "qualiclip-tiny" and paper["model"]["backbone"] == "RN50-quickgelu"
+    assert paper["model"]["pretrained"] == "openai"
+    assert paper["train"]["pristine"].startswith("data/kadis700k")
+    for d in ["koniq10k", "clive", "flive", "spaq", "live", "csiq", "tid2013", "kadid10k"]:
+        assert d in paper["evaluate"]["datasets"] and d in paper["prepare"]["datasets"], d
+
+
+def test_paper_datasets_are_registered():
+    from qualiclip.datasets import DATASETS
+    for prof in ("params.yaml", "params/paper.yaml"):
+        p = load(prof)
+        unknown = set(p["prepare"]["datasets"]) - set(DATASETS)
+        assert not unknown, f"{prof}: unknown datasets {unknown}"
+        assert set(p["evaluate"]["datasets"]) <= set(p["prepare"]["datasets"]), prof
+
+
+def test_train_sections_are_valid_configs():
+    train = pytest.importorskip("qualiclip.train")
+    for prof in ("params.yaml", "params/paper.yaml"):
+        p = load(prof)
+        cfg = train.TrainConfig.from_params(p["train"])
+        assert cfg.backbone == p["model"]["backbone"]
+        assert cfg.pretrained == f"{p['model']['init_dir']}/clip.pt"  # training starts from the init stage's weights
+        for name, over in p["ablations"].items():
+            train.TrainConfig.from_params(p["train"], **over)  # unknown keys raise
+
+
+@pytest.mark.parametrize("nb", PAPER_NBS, ids=lambda p: p.stem)
+def test_paper_notebook_defaults_equal_demo_profile(nb):
+    demo, paper = load("params.yaml")["paper"], load("params/paper.yaml")["paper"]
+    defaults = parameters_cell(nb)
+    assert defaults == demo[nb.stem], f"{nb.name}: parameters cell differs from params.yaml paper.{nb.stem}"
+    assert set(paper[nb.stem]) == set(defaults), f"params/paper.yaml paper.{nb.stem} must set the same parameters"
+
+
+def test_every_paper_notebook_has_a_stage():
+    dvc = load("dvc.yaml")["stages"]
+    cmds = " ".join(s.get("cmd", "") if isinstance(s, dict) and "cmd" in s else "" for s in dvc.values())
+    for nb in PAPER_NBS: assert f"tools/paper.py {nb.stem}" in cmds, nb.stem
+
+
+def test_nbdev_test_skips_paper_notebooks():
+    from nbdev.test import _keep_file
+    assert (ROOT / "nbs" / "paper" / ".notest").exists()
+    assert PAPER_NBS and not any(_keep_file(p, ".notest") for p in PAPER_NBS)
+    assert _keep_file(ROOT / "nbs" / "00_core.ipynb", ".notest")
+
+
+def test_demo_stages():
+    names = stage_list(ROOT)
+    for s in ["pristine", "prepare@demo", "init", "train", "evaluate_ours@demo", "evaluate_clipiqa@demo", "evaluate_niqe@demo",
+              "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations", "figure_levels", "gradcam", "gmad"]:
+        assert s in names, s
+    assert not any(n.startswith(("unpack@", "evaluate_released@")) for n in names)  # nothing of the paper's data in the demo
+
+
+@pytest.fixture(scope="module")
+def paper_repo(tmp_path_factory):
+    "A scratch git+DVC repository holding dvc.yaml, data.dvc and the paper profile as params.yaml."
+    d = tmp_path_factory.mktemp("paperprofile")
+    subprocess.run(["git", "init", "-q"], cwd=d, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=d, check=True, env=ENV)
+    for f in ("dvc.yaml", "data.dvc"): shutil.copy(ROOT / f, d / f)
+    shutil.copy(ROOT / "params" / "paper.yaml", d / "params.yaml")
+    return d
+
+
+def test_paper_profile_stages(paper_repo):
+    names = stage_list(paper_repo)
+    p = load("params/paper.yaml")
+    for ds in p["evaluate"]["datasets"]:
+        for m in ("ours", "clipiqa", "niqe", "released"): assert f"evaluate_{m}@{ds}" in names
+        assert f"prepare@{ds}" in names
+    assert "unpack@kadis700k" in names and "train" in names
+
+
+def test_paper_profile_trains_on_the_import(paper_repo):
+    "data.dvc (KADIS-700k) -> unpack@kadis700k -> train, in the paper profile's DAG."
+    r = subprocess.run([DVC, "dag", "--dot", "train"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '"data.dvc" -> "unpack@kadis700k"' in r.stdout and '"unpack@kadis700k" -> "train"' in r.stdout, r.stdout
