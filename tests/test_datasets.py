@@ -223,3 +223,30 @@ def test_prepare_download_with_pinned_checksums_file(minis, tmp_path, capsys, mo
     (tmp_path/'ok.yaml').write_text(f"kadid10k.zip: {sha256sum(src['kadid10k.zip'])}\n")
     assert D.prepare_cmd('kadid10k', str(tmp_path/'r2'), download=True, checksums=str(tmp_path/'ok.yaml')) == 0
     assert '12 of 12 images present' in capsys.readouterr().out
+
+
+def test_download_keeps_a_dataset_already_in_place(minis, tmp_path):
+    # TID2013 ships as RAR: once unpacked by hand, download() is a no-op and fetches nothing
+    assert download('tid2013', minis['tid2013'], progress=False, urls={'tid2013.rar': 'http://127.0.0.1:9/tid2013.rar'}) == minis['tid2013']
+    assert not (minis['tid2013']/LOCK_NAME).exists()
+    (tmp_path/'tid2013.rar').write_bytes(b'Rar!\x1a\x07\x00')
+    with pytest.raises(ArchiveError, match='unpack it by hand'):
+        download('tid2013', tmp_path/'t', progress=False, urls={'tid2013.rar': (tmp_path/'tid2013.rar').as_uri()})
+
+
+def test_fetch_over_http_restarts_when_range_is_ignored(tmp_path):
+    # python's http.server ignores Range and answers 200: the stale partial file must be replaced, not appended to
+    import functools, hashlib, http.server, threading
+    data = os.urandom(50_000); (tmp_path/'srv').mkdir(); (tmp_path/'srv'/'f.zip').write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path/'srv'))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f'http://127.0.0.1:{srv.server_address[1]}/f.zip'
+        (tmp_path/'f.zip.part').write_bytes(b'junk' * 100)
+        fetch(url, tmp_path/'f.zip', sha256=hashlib.sha256(data).hexdigest(), progress=False)
+        assert (tmp_path/'f.zip').read_bytes() == data
+        with pytest.raises(DownloadError, match='404'): fetch(url + 'x', tmp_path/'g.zip', progress=False)
+    finally:
+        srv.shutdown(); srv.server_close()
