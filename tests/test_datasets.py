@@ -250,3 +250,13 @@ def test_fetch_over_http_restarts_when_range_is_ignored(tmp_path):
         with pytest.raises(DownloadError, match='404'): fetch(url + 'x', tmp_path/'g.zip', progress=False)
     finally:
         srv.shutdown(); srv.server_close()
+
+
+def test_csiq_flat_repackaged_layout(tmp_path):
+    import shutil
+    r = miniature('csiq', tmp_path/'c', seed=2); want = load_dataset('csiq', r)
+    (r/'dst_imgs_all').mkdir()
+    for p in list((r/'dst_imgs').rglob('*.png')): shutil.move(p, r/'dst_imgs_all'/p.name)
+    shutil.rmtree(r/'dst_imgs')
+    got = load_dataset('csiq', r)
+    assert got.mos.tolist() == want.mos.tolist() and got.image.str.startswith('dst_imgs_all/').all()
