@@ -10,7 +10,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'from_checkpoint', 'official_state_dict', 'export_official', 'prompt_features_gap', 'randomize_',
            'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #271d80aa
+# %% ../nbs/03_model.ipynb #89363b62
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ from open_clip.modified_resnet import ModifiedResNet
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #90d90130
+# %% ../nbs/03_model.ipynb #d0c4be96
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -39,7 +39,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #10a46d66
+# %% ../nbs/03_model.ipynb #d831b28c
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -53,7 +53,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #e9e84e37
+# %% ../nbs/03_model.ipynb #c32a1f9c
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -132,7 +132,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #8848bf17
+# %% ../nbs/03_model.ipynb #252f4d51
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -142,13 +142,20 @@ def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN5
     if backbone not in open_clip.list_models():
         raise ValueError(f"Unknown backbone {backbone!r}; choose one of open_clip.list_models(), e.g. "
                          f"'{DEFAULT_BACKBONE}' or '{TINY_CONFIG}'.")
+    src = None if pretrained is None else _resolve_pretrained(backbone, str(pretrained), cache_dir)
+    if pretrained is not None and src is None: return open_clip.create_model(backbone, pretrained=str(pretrained), cache_dir=cache_dir).eval()
     quiet = logging.getLogger(); level = quiet.level; quiet.setLevel(logging.ERROR)
     try: model = open_clip.create_model(backbone, pretrained=None)
     finally: quiet.setLevel(level)
-    if pretrained is None: return model.eval()
-    p = str(pretrained)
-    if Path(p).is_file():
-        _load_clip_weights(model, p); return model.eval()
+    if src: _load_clip_weights(model, src)
+    return model.eval()
+
+def _resolve_pretrained(backbone:str, # open_clip model name
+                        p:str, # pretrained tag or file
+                        cache_dir:str|None, # download/cache folder
+                       ) -> str|None:
+    "A local weights file for `p`, or None when the tag must (and can) be downloaded; clear errors otherwise."
+    if Path(p).is_file(): return p
     tags = open_clip.list_pretrained_tags_by_model(backbone)
     if p not in tags:
         if any(c in p for c in '/\\.'):
@@ -159,8 +166,7 @@ def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN5
                              "pass a local file (--pretrained /path/to/weights.pt).")
         raise ValueError(f"{backbone} has no pretrained tag {p!r}; known tags: {tags}.")
     cached = _cached_weights(backbone, p, cache_dir)
-    if cached:
-        _load_clip_weights(model, cached); return model.eval()
+    if cached: return cached
     if not _network_up():
         cfg = open_clip.get_pretrained_cfg(backbone, p)
         src = ' or '.join(x for x in [cfg.get('url', ''), 'https://huggingface.co/' + cfg['hf_hub'] if cfg.get('hf_hub') else ''] if x)
@@ -168,9 +174,9 @@ def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN5
             f"The {p!r} weights of {backbone} are not cached here and there is no network (or HF_HUB_OFFLINE=1). "
             f"Download them yourself ({src}) and pass the file: --pretrained /path/to/RN50.pt "
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
-    return open_clip.create_model(backbone, pretrained=p, cache_dir=cache_dir).eval()
+    return None
 
-# %% ../nbs/03_model.ipynb #1eb9dbf0
+# %% ../nbs/03_model.ipynb #420c5960
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -191,7 +197,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #81ebe811
+# %% ../nbs/03_model.ipynb #99083e5e
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -221,7 +227,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #7a85b197
+# %% ../nbs/03_model.ipynb #9d34f957
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -259,7 +265,7 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #7c8b7666
+# %% ../nbs/03_model.ipynb #704b2609
 def _check_input(self, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
     if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -296,7 +302,7 @@ def logits_to_score(self, cos:torch.Tensor, # cosine similarities (B,P,2)
 QualiCLIP._check_input, QualiCLIP.encode_image, QualiCLIP.similarities, QualiCLIP.logits_to_score = \
     _check_input, encode_image, similarities, logits_to_score
 
-# %% ../nbs/03_model.ipynb #d8da9838
+# %% ../nbs/03_model.ipynb #038e8e14
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -352,7 +358,7 @@ def score(self, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W)
 
 QualiCLIP.score_batch, QualiCLIP.score = score_batch, score
 
-# %% ../nbs/03_model.ipynb #5a446c45
+# %% ../nbs/03_model.ipynb #76bdd32a
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -393,7 +399,7 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #e99e17a1
+# %% ../nbs/03_model.ipynb #c77ccc54
 @classmethod
 def from_checkpoint(cls, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
@@ -444,7 +450,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
 QualiCLIP.from_checkpoint, QualiCLIP.official_state_dict, QualiCLIP.export_official = \
     from_checkpoint, official_state_dict, export_official
 
-# %% ../nbs/03_model.ipynb #4a7fbb38
+# %% ../nbs/03_model.ipynb #120b39c5
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator

@@ -6,7 +6,7 @@
 __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs',
            'bench_score_cmd']
 
-# %% ../nbs/03a_scoring.ipynb #22adf457
+# %% ../nbs/03a_scoring.ipynb #8d00a4bd
 import json, math, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, list_images, load_pil, resize_short_side
 from .model import DEFAULT_BACKBONE, QualiCLIP
 
-# %% ../nbs/03a_scoring.ipynb #b582953e
+# %% ../nbs/03a_scoring.ipynb #23b192d6
 SCORERS = {}
 
 def register_scorer(name:str, # name used by `--model`
@@ -69,7 +69,7 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
     return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
-# %% ../nbs/03a_scoring.ipynb #076a77e1
+# %% ../nbs/03a_scoring.ipynb #3e64821b
 class _Files(Dataset):
     "Decode image files to uint8 (3,H,W); failures become an error string instead of an exception."
     def __init__(self, paths, resize_short=None): self.paths, self.resize_short = list(paths), resize_short
@@ -139,7 +139,7 @@ def score_files(paths, # image files, folders or glob patterns
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
     return df
 
-# %% ../nbs/03a_scoring.ipynb #b828cc12
+# %% ../nbs/03a_scoring.ipynb #683b6b8b
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
                  ) -> str:
@@ -163,11 +163,11 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
               device:str='auto', # auto, cpu, cuda, cuda:N
               batch_size:int=16, # images per forward pass (images of equal size only)
               workers:int=0, # processes decoding images
-              resize_short:int|None=None, # resize the shorter side to this many pixels first (default: native resolution)
+              resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native resolution)
               recursive:bool=False, # descend into sub-folders
               random_init:bool=False, # score with random weights (experiments only; scores are meaningless)
              ) -> int:
-    "Score images and write a CSV; exit code 1 if any file failed, 2 if nothing could be scored at all."
+    "Score images and write a CSV; exit code 1 if any file failed (after writing all rows), 2 if the scorer cannot be built."
     try: scorer = get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
                              random_init=random_init, device=device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -181,7 +181,7 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
           f"is better) -> {out}")
     return 1 if nbad else 0
 
-# %% ../nbs/03a_scoring.ipynb #b3268a67
+# %% ../nbs/03a_scoring.ipynb #e59eb295
 def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     n:int=64, # number of files
                     width:int=1024, # image width
