@@ -10,7 +10,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'from_checkpoint', 'official_state_dict', 'export_official', 'prompt_features_gap', 'randomize_',
            'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #89363b62
+# %% ../nbs/03_model.ipynb #704ee34e
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ from open_clip.modified_resnet import ModifiedResNet
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #d0c4be96
+# %% ../nbs/03_model.ipynb #ed3ded75
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -39,7 +39,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #d831b28c
+# %% ../nbs/03_model.ipynb #7a0a30f2
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -53,7 +53,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #c32a1f9c
+# %% ../nbs/03_model.ipynb #3cd0aed9
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -132,7 +132,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #252f4d51
+# %% ../nbs/03_model.ipynb #6fc3c787
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -176,7 +176,7 @@ def _resolve_pretrained(backbone:str, # open_clip model name
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
     return None
 
-# %% ../nbs/03_model.ipynb #420c5960
+# %% ../nbs/03_model.ipynb #ce8f4ca7
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -197,7 +197,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #99083e5e
+# %% ../nbs/03_model.ipynb #3950d3f6
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -227,7 +227,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #9d34f957
+# %% ../nbs/03_model.ipynb #f7daed69
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -265,7 +265,7 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #704b2609
+# %% ../nbs/03_model.ipynb #bc2dd1ff
 def _check_input(self, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
     if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -302,7 +302,7 @@ def logits_to_score(self, cos:torch.Tensor, # cosine similarities (B,P,2)
 QualiCLIP._check_input, QualiCLIP.encode_image, QualiCLIP.similarities, QualiCLIP.logits_to_score = \
     _check_input, encode_image, similarities, logits_to_score
 
-# %% ../nbs/03_model.ipynb #038e8e14
+# %% ../nbs/03_model.ipynb #32ded849
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -317,12 +317,12 @@ def score_batch(self, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8,
     was = self.training; self.eval()
     try:
         x = x.to(self.device, non_blocking=True)
+        if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
+        x = self._check_input(x).contiguous(memory_format=torch.channels_last)
         if x.device.type == 'cuda':
-            if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
-            x = self._check_input(x).contiguous(memory_format=torch.channels_last)
             dt = _amp_dtype(self)
             with torch.autocast('cuda', dtype=dt or torch.float32, enabled=dt is not None): cos = self.similarities(x)
-        else: cos = self.similarities(x if x.dtype == torch.uint8 else x.float())
+        else: cos = self.similarities(x.float())
         return self.logits_to_score(cos)
     finally: self.train(was)
 
@@ -358,7 +358,7 @@ def score(self, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W)
 
 QualiCLIP.score_batch, QualiCLIP.score = score_batch, score
 
-# %% ../nbs/03_model.ipynb #76bdd32a
+# %% ../nbs/03_model.ipynb #87124f56
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -399,7 +399,7 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #c77ccc54
+# %% ../nbs/03_model.ipynb #f68349b6
 @classmethod
 def from_checkpoint(cls, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
@@ -450,7 +450,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
 QualiCLIP.from_checkpoint, QualiCLIP.official_state_dict, QualiCLIP.export_official = \
     from_checkpoint, official_state_dict, export_official
 
-# %% ../nbs/03_model.ipynb #120b39c5
+# %% ../nbs/03_model.ipynb #5ecee3ce
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator

@@ -6,7 +6,7 @@
 __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs',
            'bench_score_cmd']
 
-# %% ../nbs/03a_scoring.ipynb #8d00a4bd
+# %% ../nbs/03a_scoring.ipynb #87c311b9
 import json, math, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, list_images, load_pil, resize_short_side
 from .model import DEFAULT_BACKBONE, QualiCLIP
 
-# %% ../nbs/03a_scoring.ipynb #23b192d6
+# %% ../nbs/03a_scoring.ipynb #439e11c8
 SCORERS = {}
 
 def register_scorer(name:str, # name used by `--model`
@@ -69,17 +69,16 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
     return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
-# %% ../nbs/03a_scoring.ipynb #3e64821b
+# %% ../nbs/03a_scoring.ipynb #032717a3
 class _Files(Dataset):
-    "Decode image files to uint8 (3,H,W); failures become an error string instead of an exception."
+    "Decode image files to uint8 (H,W,3); failures become an error string instead of an exception."
     def __init__(self, paths, resize_short=None): self.paths, self.resize_short = list(paths), resize_short
     def __len__(self): return len(self.paths)
     def __getitem__(self, i):
         p = self.paths[i]
         try:
             img = load_pil(p); w, h = img.size
-            a = np.asarray(resize_short_side(img, self.resize_short), dtype=np.uint8)
-            return i, torch.from_numpy(a.copy()).permute(2, 0, 1), w, h, ''
+            return i, torch.from_numpy(np.array(resize_short_side(img, self.resize_short), dtype=np.uint8)), w, h, ''
         except ImageReadError as e: return i, None, None, None, str(e)
         except Exception as e: return i, None, None, None, f"{p}: cannot read the image ({type(e).__name__}: {e})."
 
@@ -108,38 +107,48 @@ def score_files(paths, # image files, folders or glob patterns
     todo = [i for i, r in enumerate(rows) if not r['error']]
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short), batch_size=None, shuffle=False,
-                    num_workers=workers, collate_fn=lambda x: x, pin_memory=dev.type == 'cuda',
+                    num_workers=workers, collate_fn=lambda x: x,
                     prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                     persistent_workers=False)
-    buckets, held, cap = OrderedDict(), 0, max_buffered or 4 * batch_size
+    buckets, held, cap, pending = OrderedDict(), 0, max_buffered or 4 * batch_size, []
+
+    def fail(idx, e):
+        for j in idx: rows[j]['error'] = f"{rows[j]['path']}: {str(e) or type(e).__name__}"
+
+    def collect():  # scores stay on the device until here, so decoding and stacking overlap the forward passes
+        for idx, s in pending:
+            try: vals = s.float().cpu().tolist()
+            except Exception as e: fail(idx, e); continue
+            for j, v in zip(idx, vals): rows[j]['score'] = v
+        pending.clear()
 
     def flush(key):
         nonlocal held
         idx, imgs = zip(*buckets.pop(key)); held -= len(idx)
-        try: s = scorer.score_batch(torch.stack(imgs)).detach().float().cpu().tolist()
-        except Exception as e:
-            for j in idx: rows[j]['error'] = f"{rows[j]['path']}: {str(e) or type(e).__name__}"
-            return
-        for j, v in zip(idx, s): rows[j]['score'] = v
+        buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
+        x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)  # (B,3,H,W) view in channels_last layout: no copy
+        try: pending.append((idx, scorer.score_batch(x).detach()))
+        except Exception as e: fail(idx, e)
+        if len(pending) >= 8: collect()
 
     with tqdm(total=len(todo), disable=not progress, desc=f'scoring ({getattr(scorer, "name", "model")})', unit='img') as bar:
         for k, img, w, h, err in dl:
             j = todo[k]
             if err: rows[j]['error'] = err; bar.update(); continue
             rows[j]['width'], rows[j]['height'] = w, h
-            key = tuple(img.shape[-2:]); buckets.setdefault(key, []).append((j, img)); held += 1
+            key = tuple(img.shape[:2]); buckets.setdefault(key, []).append((j, img)); held += 1
             if len(buckets[key]) >= batch_size: n = len(buckets[key]); flush(key); bar.update(n)
             elif held > cap:
                 big = max(buckets, key=lambda q: len(buckets[q])); n = len(buckets[big]); flush(big); bar.update(n)
         for key in list(buckets): n = len(buckets[key]); flush(key); bar.update(n)
-        bar.update(len(todo) - bar.n)
+        collect(); bar.update(len(todo) - bar.n)
     df = pd.DataFrame(rows, columns=['path', 'score', 'width', 'height', 'error'])
     df['width'], df['height'] = df.width.astype('Int64'), df.height.astype('Int64')
     df['model'] = getattr(scorer, 'name', type(scorer).__name__)
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
     return df
 
-# %% ../nbs/03a_scoring.ipynb #683b6b8b
+# %% ../nbs/03a_scoring.ipynb #70c78668
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
                  ) -> str:
@@ -181,7 +190,7 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
           f"is better) -> {out}")
     return 1 if nbad else 0
 
-# %% ../nbs/03a_scoring.ipynb #e59eb295
+# %% ../nbs/03a_scoring.ipynb #c57f9969
 def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     n:int=64, # number of files
                     width:int=1024, # image width
@@ -232,8 +241,8 @@ def bench_score_cmd(n:int=64, # number of synthetic JPEG files
         mb = sum(f.stat().st_size for f in files) / 2**20
         model.score_batch(torch.zeros(min(batch_size, n), 3, height, width, dtype=torch.uint8))  # warm-up
         e2e = _timed(lambda: score_files(files, model, batch_size=batch_size, workers=workers, progress=False), n, seconds, dev)
-        imgs = [torch.from_numpy(np.asarray(load_pil(f), dtype=np.uint8).copy()).permute(2, 0, 1) for f in files]
-    batches = [torch.stack(imgs[i:i + batch_size]).to(dev) for i in range(0, n, batch_size)]
+        imgs = [torch.from_numpy(np.array(load_pil(f), dtype=np.uint8)) for f in files]  # (H,W,3), as score_files has them
+    batches = [torch.stack(imgs[i:i + batch_size]).to(dev).permute(0, 3, 1, 2) for i in range(0, n, batch_size)]
     def run():
         for b in batches: model.score_batch(b)
     mo = _timed(run, n, seconds, dev)
