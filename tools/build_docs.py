@@ -1,11 +1,11 @@
 """Build the documentation site from the notebooks into `_docs/`.
 
 With Quarto on PATH this is plain `nbdev_docs`. Without it (the usual case on build machines), nbdev's own
-notebook processing (`nbdev.serve.proc_nbs`: `#| hide`, `#| export` -> `show_doc`, frontmatter, ...) writes
-processed notebooks to `_proc/`, which are then turned into a mkdocs-material site by mkdocs-jupyter. The site
+notebook processing (`nbdev.serve_drv.exec_nb` with `nbdev.processors.FilterDefaults`, what `nbdev_docs` runs
+before Quarto: `#| hide`, `#| export` -> `show_doc`, frontmatter, ...) writes processed notebooks to `_proc/`, which are then turned into a mkdocs-material site by mkdocs-jupyter. The site
 works offline: no web fonts, no CDN scripts.
 
-Usage: python tools/build_docs.py [--only NAME ...] [--no-results] [--quarto auto|never|always]
+Usage: python tools/build_docs.py [--only NAME ...] [--no-results] [--clean] [--strict] [--quarto auto|never|always]
 """
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ SITE = ROOT / "_docs"
 SKIP_FOLDER_RE = r"^[_.]|^paper$"  # papermill notebooks are run by `dvc repro`, their results shown on one page
 
 _DIRECTIVE = re.compile(r"^\s*#\|.*$\n?", re.MULTILINE)
+_PANDOC_ATTR = re.compile(r"(\]\([^)\s]+\))\{[^}\n]*\}")  # Quarto link attributes: [source](url){target=...}
+
+
+def _md(text: str) -> str:
+    "Markdown as Python-Markdown reads it: Quarto link attributes and `:::` div fences removed."
+    text = _PANDOC_ATTR.sub(r"\1", text)
+    return "\n".join(l for l in text.splitlines() if not l.strip().startswith(":::"))
 
 
 def settings() -> dict:
@@ -43,15 +50,55 @@ def run_quarto() -> int:
     return subprocess.call([str(exe) if exe.exists() else "nbdev_docs"], cwd=ROOT)
 
 
-def process_notebooks(only: list[str] | None = None) -> Path:
-    "Run nbdev's docs processors over `nbs/` into `_proc/` (cached by modification time)."
-    os.chdir(ROOT)
-    from nbdev.serve import proc_nbs
+class _NoExec:
+    "nbdev's docs processors without executing any cell (fallback for a notebook whose cells fail out of order)."
+    def __init__(self):
+        from nbdev.processors import FilterDefaults
+        self.f = FilterDefaults()
 
-    kw = dict(skip_folder_re=SKIP_FOLDER_RE)
-    if only:  # proc_nbs does not forward file_re: skip every other file name instead
-        kw["skip_file_re"] = r"^[_.]|^(?!(" + "|".join(re.escape(o) for o in only) + r")$)"
-    return proc_nbs(n_workers=0, **kw)
+    def __call__(self, nb):
+        from nbdev.process import NBProcessor
+        procs = [p for p in self.f.procs() if getattr(p, "__name__", "") != "exec_show_docs"]
+        return NBProcessor(nb=nb, procs=procs).process()
+
+
+def process_notebooks(only: list[str] | None = None, strict: bool = False) -> Path:
+    """Run nbdev's docs processors (`nbdev.serve_drv.exec_nb` with `FilterDefaults`, as `nbdev_docs` does) over `nbs/`
+    into `_proc/`, one notebook at a time, skipping notebooks unchanged since their last processing. A notebook whose
+    `show_doc`/import cells fail is processed again without execution (its API signatures are then missing) and
+    reported; with `strict` the build fails instead."""
+    os.chdir(ROOT)
+    from nbdev.config import get_config
+    from nbdev.doclinks import nbglob
+    from nbdev.processors import FilterDefaults
+    from nbdev.serve_drv import exec_nb
+
+    nbs = Path(get_config().nbs_path)
+    files = [Path(f) for f in nbglob(nbs, skip_folder_re=SKIP_FOLDER_RE)]
+    if only: files = [f for f in files if f.name in only]
+    failed = []
+    os.environ["IN_TEST"] = "1"  # nbdev sets this while processing: notebooks may skip demo-only work
+    for src in sorted(files):
+        dst = PROC / src.relative_to(nbs)
+        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime: continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        try: exec_nb(src, dst, FilterDefaults)
+        except Exception as e:  # noqa: BLE001 - any error in the notebook's own cells
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            failed.append(f"{src.name}: {msg}")
+            if strict: continue
+            exec_nb(src, dst, _NoExec)
+        print(f"  processed {src.name} in {time.time() - t0:.1f}s", flush=True)
+    for f in nbs.rglob("*"):  # images and data files the notebooks show
+        if f.is_file() and f.suffix.lower() in {".png", ".jpg", ".jpeg", ".svg", ".gif"} and not any(
+                x.startswith((".", "_")) or x == "paper" for x in f.relative_to(nbs).parts[:-1]):
+            d = PROC / f.relative_to(nbs); d.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, d)
+    if failed:
+        print("WARNING: docs cells failed (page rendered without API signatures; mark such cells `#| eval: false` or make "
+              "them self-contained):\n  " + "\n  ".join(failed), file=sys.stderr)
+        if strict: raise SystemExit(1)
+    return PROC
 
 
 def _frontmatter(src: str) -> dict:
@@ -81,8 +128,10 @@ def page_for(nb_path: Path) -> tuple[str, str, dict]:
             src = _DIRECTIVE.sub("", src)
             c["metadata"] = {"tags": sorted(tags)} if tags else {}
             if not src.strip() and not c.get("outputs"): continue
-        if c["cell_type"] == "markdown":
-            src = "\n".join(l for l in src.splitlines() if not l.strip().startswith(":::"))
+        if c["cell_type"] == "markdown": src = _md(src)
+        for o in c.get("outputs", []):
+            md = o.get("data", {}).get("text/markdown")
+            if md is not None: o["data"]["text/markdown"] = _md("".join(md) if isinstance(md, list) else md)
         c["source"] = src
         cells.append(c)
     title = fm.get("title") or nb_path.stem
@@ -125,7 +174,7 @@ def write_site_source(proc: Path, with_results: bool = True, only: list[str] | N
         entry = {("Home" if name == "index.ipynb" else title): name}
         nav.insert(0, entry) if name == "index.ipynb" else nav.append(entry)
     for f in proc.rglob("*"):  # images and other files the notebooks refer to
-        if f.is_file() and f.suffix.lower() in {".png", ".jpg", ".jpeg", ".svg", ".gif", ".csv"} and "_mkdocs" not in f.parts:
+        if f.is_file() and f.suffix.lower() in {".png", ".jpg", ".jpeg", ".svg", ".gif"} and "_mkdocs" not in f.parts:
             dst = SRC / f.relative_to(proc)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dst)
@@ -155,12 +204,19 @@ def run_mkdocs(cfg: Path) -> int:
 
 def main(argv=None) -> int:
     "Build the site; returns a process exit code."
+    global PROC, SRC, GEN_CFG, SITE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="notebook file names (regex-escaped) to include, e.g. index.ipynb 00_core.ipynb")
     ap.add_argument("--no-results", action="store_true", help="leave out the page with the tables and figures of outputs/")
     ap.add_argument("--quarto", choices=["auto", "never", "always"], default="auto",
                     help="use nbdev_docs when quarto is on PATH (auto), never, or require it")
+    ap.add_argument("--proc", default=str(PROC), help="folder of the processed notebooks (default: _proc)")
+    ap.add_argument("--site", default=str(SITE), help="folder of the built site (default: _docs)")
+    ap.add_argument("--clean", action="store_true", help="reprocess every notebook (default: only those changed since _proc/)")
+    ap.add_argument("--strict", action="store_true", help="fail when a notebook's docs cells fail (default: warn, render without them)")
     a = ap.parse_args(argv)
+    PROC, SITE = Path(a.proc).resolve(), Path(a.site).resolve()
+    SRC, GEN_CFG = PROC / "_mkdocs" / "docs", PROC / "_mkdocs" / "mkdocs.yml"
     t0 = time.time()
     has_quarto = shutil.which("quarto") is not None
     if a.quarto == "always" and not has_quarto:
@@ -169,7 +225,8 @@ def main(argv=None) -> int:
     if has_quarto and a.quarto != "never":
         rc = run_quarto()
     else:
-        proc = process_notebooks(a.only)
+        if a.clean and PROC.exists(): shutil.rmtree(PROC)
+        proc = process_notebooks(a.only, strict=a.strict)
         nav = write_site_source(proc, with_results=not a.no_results, only=a.only)
         if not nav:
             print(f"no notebooks found under {ROOT/'nbs'}", file=sys.stderr)
