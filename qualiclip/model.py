@@ -10,7 +10,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'from_checkpoint', 'official_state_dict', 'export_official', 'prompt_features_gap', 'randomize_',
            'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #704ee34e
+# %% ../nbs/03_model.ipynb #8bac3a49
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ from open_clip.modified_resnet import ModifiedResNet
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #ed3ded75
+# %% ../nbs/03_model.ipynb #77ef4aca
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -39,7 +39,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #7a0a30f2
+# %% ../nbs/03_model.ipynb #3e701a46
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -53,7 +53,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #3cd0aed9
+# %% ../nbs/03_model.ipynb #f31b66cc
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -132,7 +132,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #6fc3c787
+# %% ../nbs/03_model.ipynb #2ce62839
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -176,7 +176,7 @@ def _resolve_pretrained(backbone:str, # open_clip model name
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
     return None
 
-# %% ../nbs/03_model.ipynb #ce8f4ca7
+# %% ../nbs/03_model.ipynb #02987ab7
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -197,7 +197,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #3950d3f6
+# %% ../nbs/03_model.ipynb #8339c211
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -227,7 +227,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #f7daed69
+# %% ../nbs/03_model.ipynb #56cfa5c2
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -255,6 +255,8 @@ class QualiCLIP(nn.Module):
         self.register_buffer('std', torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.position_free = isinstance(self.clip.visual, ModifiedResNet)
         self.min_side = resnet_min_side(self.clip.visual) if self.position_free else None
+        fixed = None if self.position_free else getattr(self.clip.visual, 'image_size', None)
+        self.fixed_size = (fixed, fixed) if isinstance(fixed, int) else (tuple(fixed) if fixed else None)
         self.amp = 'auto'  # CUDA autocast dtype: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'fp32'
         self._channels_last = False
 
@@ -265,7 +267,7 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #bc2dd1ff
+# %% ../nbs/03_model.ipynb #def2eff8
 def _check_input(self, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
     if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -275,6 +277,10 @@ def _check_input(self, x:torch.Tensor) -> torch.Tensor:
     if self.min_side and min(x.shape[-2:]) < self.min_side:
         raise ValueError(f"Image of {x.shape[-1]}x{x.shape[-2]} px is too small: the image tower needs at least "
                          f"{self.min_side} px per side; upscale it (e.g. --resize-short 224).")
+    if self.fixed_size and tuple(x.shape[-2:]) != self.fixed_size:
+        raise ValueError(f"The {self.backbone} image tower takes only {self.fixed_size[1]}x{self.fixed_size[0]} images "
+                         f"(its positional embedding is fixed), got {x.shape[-1]}x{x.shape[-2]}; resize or crop first. "
+                         "ResNet backbones (RN50...) take any size.")
     return x
 
 def encode_image(self, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any size
@@ -302,7 +308,7 @@ def logits_to_score(self, cos:torch.Tensor, # cosine similarities (B,P,2)
 QualiCLIP._check_input, QualiCLIP.encode_image, QualiCLIP.similarities, QualiCLIP.logits_to_score = \
     _check_input, encode_image, similarities, logits_to_score
 
-# %% ../nbs/03_model.ipynb #32ded849
+# %% ../nbs/03_model.ipynb #5b106a78
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -358,7 +364,7 @@ def score(self, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W)
 
 QualiCLIP.score_batch, QualiCLIP.score = score_batch, score
 
-# %% ../nbs/03_model.ipynb #87124f56
+# %% ../nbs/03_model.ipynb #eb0d0560
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -399,7 +405,7 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #f68349b6
+# %% ../nbs/03_model.ipynb #5c39b039
 @classmethod
 def from_checkpoint(cls, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
@@ -450,7 +456,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
 QualiCLIP.from_checkpoint, QualiCLIP.official_state_dict, QualiCLIP.export_official = \
     from_checkpoint, official_state_dict, export_official
 
-# %% ../nbs/03_model.ipynb #5ecee3ce
+# %% ../nbs/03_model.ipynb #edc05946
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator
