@@ -6,7 +6,7 @@
 __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs',
            'bench_score_cmd']
 
-# %% ../nbs/03a_scoring.ipynb #d2e43d44
+# %% ../nbs/03a_scoring.ipynb #589aa018
 import json, math, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, list_images, load_pil, resize_short_side
 from .model import DEFAULT_BACKBONE, QualiCLIP
 
-# %% ../nbs/03a_scoring.ipynb #d6a2d9da
+# %% ../nbs/03a_scoring.ipynb #0af4ddc8
 SCORERS = {}
 
 def register_scorer(name:str, # name used by `--model`
@@ -69,7 +69,7 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
     return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
-# %% ../nbs/03a_scoring.ipynb #c77495ab
+# %% ../nbs/03a_scoring.ipynb #a7a9d7a2
 class _Files(Dataset):
     "Decode image files to uint8 (H,W,3); failures become an error string instead of an exception."
     def __init__(self, paths, resize_short=None): self.paths, self.resize_short = list(paths), resize_short
@@ -85,11 +85,13 @@ class _Files(Dataset):
 def _expand(paths, # files, folders or globs
             recursive:bool, # descend into sub-folders
            ) -> list[tuple[str, str]]:
-    "(path, error) per image file; a missing path or an imageless folder gives one row with its error."
-    out = []
+    "(path, error) per image file, each file once; a missing path or an imageless folder gives one row with its error."
+    out, seen = [], set()
     for p in ([paths] if isinstance(paths, (str, Path)) else paths):
-        try: out += [(str(f), '') for f in list_images([p], recursive=recursive)]
-        except (FileNotFoundError, ValueError) as e: out.append((str(p), str(e)))
+        try: files = list_images([p], recursive=recursive)
+        except (FileNotFoundError, ValueError) as e: out.append((str(p), str(e))); continue
+        for f in files:
+            if f.resolve() not in seen: seen.add(f.resolve()); out.append((str(f), ''))
     return out
 
 def score_files(paths, # image files, folders or glob patterns
@@ -148,7 +150,7 @@ def score_files(paths, # image files, folders or glob patterns
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
     return df
 
-# %% ../nbs/03a_scoring.ipynb #f95d7efc
+# %% ../nbs/03a_scoring.ipynb #35948c3f
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
                  ) -> str:
@@ -190,7 +192,7 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
           f"is better) -> {out}")
     return 1 if nbad else 0
 
-# %% ../nbs/03a_scoring.ipynb #d47b5503
+# %% ../nbs/03a_scoring.ipynb #673a047e
 def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     n:int=64, # number of files
                     width:int=1024, # image width
