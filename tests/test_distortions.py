@@ -133,3 +133,16 @@ def test_pairs_small_images_upscaled():
     small = [torch.rand(3, 40, 70, generator=torch.Generator().manual_seed(0))]
     p, _ = make_pairs(small, crop=64, levels=2, generator=torch.Generator().manual_seed(0))
     assert p.shape == (1, 2, 2, 3, 64, 64)
+
+
+def test_jpeg2000_process_pool_matches_threads():
+    "The optional process pool gives the same JPEG 2000 images as the default threads."
+    from qualiclip.distortions import set_codec_pool
+    x = demo_images('train', 160)[0][None, :, :144, :144].expand(2, -1, -1, -1)
+    lv = torch.tensor([2, 5])
+    try:
+        set_codec_pool(processes=2); a = distort(x, 'jpeg2000', lv)
+    finally:
+        set_codec_pool(processes=0)
+    b = distort(x, 'jpeg2000', lv)
+    assert torch.equal(a, b) and float(psnr(b, x).min()) < 35
