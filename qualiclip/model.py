@@ -5,15 +5,12 @@
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
            'TINY_CONFIG', 'TINY_CFG', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
-           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'encode_image',
-           'similarities', 'logits_to_score', 'score_batch', 'score', 'read_official', 'infer_config',
-           'from_checkpoint', 'official_state_dict', 'export_official', 'prompt_features_gap', 'randomize_',
-           'random_official_checkpoint']
+           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
+           'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #8bac3a49
+# %% ../nbs/03_model.ipynb #cb504dd7
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,10 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import open_clip
 from open_clip.modified_resnet import ModifiedResNet
+from fastcore.basics import patch
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #77ef4aca
+# %% ../nbs/03_model.ipynb #34bfe28c
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -39,7 +37,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #3e701a46
+# %% ../nbs/03_model.ipynb #9b1bf5c6
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -53,7 +51,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #f31b66cc
+# %% ../nbs/03_model.ipynb #cb929b17
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -132,7 +130,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #2ce62839
+# %% ../nbs/03_model.ipynb #4e3bb04b
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -176,7 +174,7 @@ def _resolve_pretrained(backbone:str, # open_clip model name
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
     return None
 
-# %% ../nbs/03_model.ipynb #02987ab7
+# %% ../nbs/03_model.ipynb #7bdd2677
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -197,7 +195,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #8339c211
+# %% ../nbs/03_model.ipynb #c9c35980
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -227,7 +225,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #56cfa5c2
+# %% ../nbs/03_model.ipynb #f875eea6
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -267,8 +265,9 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #def2eff8
-def _check_input(self, x:torch.Tensor) -> torch.Tensor:
+# %% ../nbs/03_model.ipynb #1a9f99d4
+@patch
+def _check_input(self:QualiCLIP, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"Expected a batch (B,3,H,W) of RGB images in [0,1], got shape {tuple(x.shape)}.")
@@ -283,32 +282,32 @@ def _check_input(self, x:torch.Tensor) -> torch.Tensor:
                          "ResNet backbones (RN50...) take any size.")
     return x
 
-def encode_image(self, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any size
+@patch
+def encode_image(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any size
                  normalize:bool=True, # L2-normalise the features
                 ) -> torch.Tensor:
     "Image features (B,D): CLIP normalisation, ResNet trunk, attention pool without positional embedding."
-    x = _check_input(self, x)
+    x = self._check_input(x)
     x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
     v = self.clip.visual
     if self.position_free: f = attnpool_nopos(v.attnpool, v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x))))))
     else: f = v(x)
     return F.normalize(f, dim=-1) if normalize else f
 
-def similarities(self, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
+@patch
+def similarities(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                 ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of each image to each (positive, negative) prompt."
     f = self.encode_image(x).float()
     return (f @ self.text_features.T).view(f.shape[0], -1, 2)
 
-def logits_to_score(self, cos:torch.Tensor, # cosine similarities (B,P,2)
+@patch
+def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P,2)
                    ) -> torch.Tensor:
     "Quality score (B,) in [0,1]: positive-prompt probability of softmax(scale*cos) per pair, averaged."
     return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
 
-QualiCLIP._check_input, QualiCLIP.encode_image, QualiCLIP.similarities, QualiCLIP.logits_to_score = \
-    _check_input, encode_image, similarities, logits_to_score
-
-# %% ../nbs/03_model.ipynb #5b106a78
+# %% ../nbs/03_model.ipynb #b7b44d12
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -316,8 +315,9 @@ def _amp_dtype(self) -> torch.dtype|None:
     if self.amp == 'bf16' or torch.cuda.is_bf16_supported(): return torch.bfloat16
     return torch.float16
 
+@patch
 @torch.no_grad()
-def score_batch(self, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
+def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
                ) -> torch.Tensor:
     "Quality scores (B,) float32 on the model's device; no gradient, eval mode."
     was = self.training; self.eval()
@@ -347,7 +347,8 @@ def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in 
         img = resize(img[None].float(), resize_short, interpolation=InterpolationMode.BICUBIC, antialias=True)[0].clamp(0, 1)
     return img
 
-def score(self, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W) batch
+@patch
+def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W) batch
           batch_size:int=32, # images per forward pass (images of equal size only)
           resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native size)
          ) -> torch.Tensor:
@@ -362,9 +363,7 @@ def score(self, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W)
             out[chunk] = self.score_batch(torch.stack([imgs[i] for i in chunk])).float().cpu()
     return out
 
-QualiCLIP.score_batch, QualiCLIP.score = score_batch, score
-
-# %% ../nbs/03_model.ipynb #eb0d0560
+# %% ../nbs/03_model.ipynb #4b338d01
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -405,9 +404,9 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #5c39b039
-@classmethod
-def from_checkpoint(cls, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
+# %% ../nbs/03_model.ipynb #5077388f
+@patch(cls_method=True)
+def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
                     prompts=PROMPTS, # prompt pairs (the stored features are used when these are the checkpoint's)
                     scale:float=OFFICIAL_SCALE, # 100 (released model) or `PYIQA_SCALE` (pyiqa's port)
@@ -433,13 +432,15 @@ def from_checkpoint(cls, path:str|Path, # checkpoint in the official layout (e.g
     m.checkpoint = str(path)
     return m.to(get_device(device))
 
-def official_state_dict(self) -> dict:
+@patch
+def official_state_dict(self:QualiCLIP) -> dict:
     "State dict in the official layout: `clip_model.<key>` for every CLIP key, plus `prompts_features`."
     sd = {f'clip_model.{k}': v.detach().cpu().contiguous() for k, v in self.clip.state_dict().items()}
     sd['prompts_features'] = self.text_features.detach().float().cpu().contiguous()
     return sd
 
-def export_official(self, path:str|Path, # destination file (written atomically)
+@patch
+def export_official(self:QualiCLIP, path:str|Path, # destination file (written atomically)
                    ) -> Path:
     "Save the model in the official layout (loadable by the authors' code, pyiqa and `from_checkpoint`)."
     with atomic_path(path) as tmp: torch.save(self.official_state_dict(), tmp)
@@ -453,10 +454,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
     stored = m.text_features.clone()
     return (encode_prompts(m.clip, m.prompts, m.backbone if m.backbone != 'custom' else None) - stored).abs().max().item()
 
-QualiCLIP.from_checkpoint, QualiCLIP.official_state_dict, QualiCLIP.export_official = \
-    from_checkpoint, official_state_dict, export_official
-
-# %% ../nbs/03_model.ipynb #edc05946
+# %% ../nbs/03_model.ipynb #228144cb
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator

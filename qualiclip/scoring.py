@@ -6,7 +6,7 @@
 __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs',
            'bench_score_cmd']
 
-# %% ../nbs/03a_scoring.ipynb #589aa018
+# %% ../nbs/03a_scoring.ipynb #77341199
 import json, math, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, list_images, load_pil, resize_short_side
 from .model import DEFAULT_BACKBONE, QualiCLIP
 
-# %% ../nbs/03a_scoring.ipynb #0af4ddc8
+# %% ../nbs/03a_scoring.ipynb #6386fafb
 SCORERS = {}
 
 def register_scorer(name:str, # name used by `--model`
@@ -69,7 +69,7 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
     return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
-# %% ../nbs/03a_scoring.ipynb #a7a9d7a2
+# %% ../nbs/03a_scoring.ipynb #bbaecd93
 class _Files(Dataset):
     "Decode image files to uint8 (H,W,3); failures become an error string instead of an exception."
     def __init__(self, paths, resize_short=None): self.paths, self.resize_short = list(paths), resize_short
@@ -81,6 +81,8 @@ class _Files(Dataset):
             return i, torch.from_numpy(np.array(resize_short_side(img, self.resize_short), dtype=np.uint8)), w, h, ''
         except ImageReadError as e: return i, None, None, None, str(e)
         except Exception as e: return i, None, None, None, f"{p}: cannot read the image ({type(e).__name__}: {e})."
+
+def _as_is(item): return item  # collate function (module level: picklable for spawned workers)
 
 def _expand(paths, # files, folders or globs
             recursive:bool, # descend into sub-folders
@@ -109,7 +111,7 @@ def score_files(paths, # image files, folders or glob patterns
     todo = [i for i, r in enumerate(rows) if not r['error']]
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short), batch_size=None, shuffle=False,
-                    num_workers=workers, collate_fn=lambda x: x,
+                    num_workers=workers, collate_fn=_as_is,
                     prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                     persistent_workers=False)
     buckets, held, cap, pending = OrderedDict(), 0, max_buffered or 4 * batch_size, []
@@ -150,7 +152,7 @@ def score_files(paths, # image files, folders or glob patterns
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
     return df
 
-# %% ../nbs/03a_scoring.ipynb #35948c3f
+# %% ../nbs/03a_scoring.ipynb #eb54d162
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
                  ) -> str:
@@ -192,7 +194,7 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
           f"is better) -> {out}")
     return 1 if nbad else 0
 
-# %% ../nbs/03a_scoring.ipynb #673a047e
+# %% ../nbs/03a_scoring.ipynb #4a4760bd
 def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     n:int=64, # number of files
                     width:int=1024, # image width
