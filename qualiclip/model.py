@@ -8,7 +8,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
            'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #cb504dd7
+# %% ../nbs/03_model.ipynb #35d0e6db
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastcore.basics import patch
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #34bfe28c
+# %% ../nbs/03_model.ipynb #e3377ffd
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -37,7 +37,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #9b1bf5c6
+# %% ../nbs/03_model.ipynb #eb67baf0
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -51,7 +51,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #cb929b17
+# %% ../nbs/03_model.ipynb #f681b9b6
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -130,7 +130,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #4e3bb04b
+# %% ../nbs/03_model.ipynb #ce838750
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -174,7 +174,7 @@ def _resolve_pretrained(backbone:str, # open_clip model name
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
     return None
 
-# %% ../nbs/03_model.ipynb #7bdd2677
+# %% ../nbs/03_model.ipynb #f45c84af
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -195,7 +195,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #c9c35980
+# %% ../nbs/03_model.ipynb #9f3e8fc6
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -225,7 +225,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #f875eea6
+# %% ../nbs/03_model.ipynb #6a8409a7
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -265,7 +265,7 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #1a9f99d4
+# %% ../nbs/03_model.ipynb #e72f503a
 @patch
 def _check_input(self:QualiCLIP, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
@@ -307,7 +307,7 @@ def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P
     "Quality score (B,) in [0,1]: positive-prompt probability of softmax(scale*cos) per pair, averaged."
     return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
 
-# %% ../nbs/03_model.ipynb #b7b44d12
+# %% ../nbs/03_model.ipynb #b582725e
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -320,7 +320,7 @@ def _amp_dtype(self) -> torch.dtype|None:
 def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
                ) -> torch.Tensor:
     "Quality scores (B,) float32 on the model's device; no gradient, eval mode."
-    was = self.training; self.eval()
+    modes = [(m, m.training) for m in self.modules()]; self.eval()  # restored exactly afterwards (trainers mix modes)
     try:
         x = x.to(self.device, non_blocking=True)
         if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
@@ -330,7 +330,8 @@ def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1]
             with torch.autocast('cuda', dtype=dt or torch.float32, enabled=dt is not None): cos = self.similarities(x)
         else: cos = self.similarities(x.float())
         return self.logits_to_score(cos)
-    finally: self.train(was)
+    finally:
+        for m, t in modes: m.training = t
 
 def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in [0,1] or uint8
                 resize_short:int|None=None, # resize the shorter side to this (bicubic, antialiased); None: native
@@ -363,7 +364,7 @@ def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one
             out[chunk] = self.score_batch(torch.stack([imgs[i] for i in chunk])).float().cpu()
     return out
 
-# %% ../nbs/03_model.ipynb #4b338d01
+# %% ../nbs/03_model.ipynb #3a7ffb76
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -404,7 +405,7 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #5077388f
+# %% ../nbs/03_model.ipynb #16078618
 @patch(cls_method=True)
 def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
@@ -454,7 +455,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
     stored = m.text_features.clone()
     return (encode_prompts(m.clip, m.prompts, m.backbone if m.backbone != 'custom' else None) - stored).abs().max().item()
 
-# %% ../nbs/03_model.ipynb #228144cb
+# %% ../nbs/03_model.ipynb #6e24b1ca
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator
