@@ -6,7 +6,7 @@
 __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs',
            'bench_score_cmd']
 
-# %% ../nbs/03a_scoring.ipynb #77341199
+# %% ../nbs/03a_scoring.ipynb #2bf1df66
 import json, math, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, list_images, load_pil, resize_short_side
 from .model import DEFAULT_BACKBONE, QualiCLIP
 
-# %% ../nbs/03a_scoring.ipynb #6386fafb
+# %% ../nbs/03a_scoring.ipynb #2005f0a7
 SCORERS = {}
 
 def register_scorer(name:str, # name used by `--model`
@@ -69,7 +69,7 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
     return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
-# %% ../nbs/03a_scoring.ipynb #bbaecd93
+# %% ../nbs/03a_scoring.ipynb #b9623bb1
 class _Files(Dataset):
     "Decode image files to uint8 (H,W,3); failures become an error string instead of an exception."
     def __init__(self, paths, resize_short=None): self.paths, self.resize_short = list(paths), resize_short
@@ -87,13 +87,14 @@ def _as_is(item): return item  # collate function (module level: picklable for s
 def _expand(paths, # files, folders or globs
             recursive:bool, # descend into sub-folders
            ) -> list[tuple[str, str]]:
-    "(path, error) per image file, each file once; a missing path or an imageless folder gives one row with its error."
+    "(path, error) rows: one per file named, plus the files of folders/globs not already listed; missing paths get an error."
     out, seen = [], set()
     for p in ([paths] if isinstance(paths, (str, Path)) else paths):
         try: files = list_images([p], recursive=recursive)
         except (FileNotFoundError, ValueError) as e: out.append((str(p), str(e))); continue
+        named = Path(p).is_file()  # a file named explicitly always gets its row (callers map rows to their inputs)
         for f in files:
-            if f.resolve() not in seen: seen.add(f.resolve()); out.append((str(f), ''))
+            if named or f.resolve() not in seen: seen.add(f.resolve()); out.append((str(f), ''))
     return out
 
 def score_files(paths, # image files, folders or glob patterns
@@ -152,7 +153,7 @@ def score_files(paths, # image files, folders or glob patterns
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
     return df
 
-# %% ../nbs/03a_scoring.ipynb #eb54d162
+# %% ../nbs/03a_scoring.ipynb #18e994f9
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
                  ) -> str:
@@ -194,7 +195,7 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
           f"is better) -> {out}")
     return 1 if nbad else 0
 
-# %% ../nbs/03a_scoring.ipynb #4a4760bd
+# %% ../nbs/03a_scoring.ipynb #0b1a27f2
 def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     n:int=64, # number of files
                     width:int=1024, # image width
@@ -232,7 +233,7 @@ def bench_score_cmd(n:int=64, # number of synthetic JPEG files
                     workers:int=2, # decoding processes for the end-to-end run
                     device:str='auto', # auto, cpu, cuda, cuda:N
                     backbone:str=DEFAULT_BACKBONE, # open_clip config (random weights)
-                    seconds:float|None=None, # repeat each measurement until this many seconds have passed (default: one pass)
+                    seconds:float|None=None, # repeat each measurement until this many seconds have passed (None: one pass)
                    ) -> int:
     "Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line."
     dev = get_device(device)
