@@ -8,7 +8,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
            'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint']
 
-# %% ../nbs/03_model.ipynb #12cdfb3a
+# %% ../nbs/03_model.ipynb #bb32dd95
 import json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastcore.basics import patch
 
 from .core import atomic_path, get_device
 
-# %% ../nbs/03_model.ipynb #9754a1e3
+# %% ../nbs/03_model.ipynb #4948cb2a
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
            ('High-resolution image.', 'Low-resolution image.'), ('Noise-free image.', 'Noisy image.'),
            ('High-quality image.', 'Low-quality image.'), ('Good picture.', 'Bad picture.')]
@@ -37,7 +37,7 @@ TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
             'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
 
-# %% ../nbs/03_model.ipynb #cba8ad5c
+# %% ../nbs/03_model.ipynb #52e16109
 _TINY_DIR = None
 
 def register_tiny_config() -> str:
@@ -51,7 +51,7 @@ def register_tiny_config() -> str:
 
 register_tiny_config()
 
-# %% ../nbs/03_model.ipynb #0d2dbbce
+# %% ../nbs/03_model.ipynb #3c77982a
 class WeightsUnavailableError(RuntimeError):
     "Pretrained weights could not be found locally nor downloaded."
 
@@ -130,7 +130,7 @@ def _strict_load(model:nn.Module, # module to load into
         raise ValueError('; '.join(msg) + ". Check that the file and the backbone belong together (or pass backbone=...).")
     model.load_state_dict(sd, strict=True)
 
-# %% ../nbs/03_model.ipynb #29fcbb6b
+# %% ../nbs/03_model.ipynb #6c9c4322
 def create_clip(backbone:str=DEFAULT_BACKBONE, # open_clip model name, e.g. 'RN50-quickgelu' or `TINY_CONFIG`
                 pretrained:str|Path|None=None, # None (random init), a pretrained tag ('openai') or a local weights file
                 cache_dir:str|None=None, # download/cache folder for pretrained tags (None: the defaults)
@@ -174,7 +174,7 @@ def _resolve_pretrained(backbone:str, # open_clip model name
             f"(Python: pretrained='/path/to/RN50.pt'), or score with a QualiCLIP checkpoint: --weights qualiclip.pth.")
     return None
 
-# %% ../nbs/03_model.ipynb #798204e5
+# %% ../nbs/03_model.ipynb #f46ed57e
 def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c projections are used)
                    x:torch.Tensor, # feature map (B,C,H,W) from the last ResNet stage
                   ) -> torch.Tensor:
@@ -195,7 +195,7 @@ def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
     # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
     return 31
 
-# %% ../nbs/03_model.ipynb #59bfbd7c
+# %% ../nbs/03_model.ipynb #be2d0899
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
                    backbone:str|None, # its open_clip name, when known
                   ):
@@ -225,7 +225,7 @@ def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is use
     tok = _tokenizer_for(clip, backbone)(texts).to(dev)
     return F.normalize(clip.encode_text(tok).float(), dim=-1)
 
-# %% ../nbs/03_model.ipynb #6b22a771
+# %% ../nbs/03_model.ipynb #cc0689ae
 class QualiCLIP(nn.Module):
     "CLIP with a position-free attention pool that scores image quality with antonym prompt pairs."
     higher_better = True
@@ -265,7 +265,7 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device: return self.text_features.device
 
-# %% ../nbs/03_model.ipynb #ebf66dbc
+# %% ../nbs/03_model.ipynb #66979982
 @patch
 def _check_input(self:QualiCLIP, x:torch.Tensor) -> torch.Tensor:
     "Validate a batch (B,C,H,W), expand grayscale to RGB, uint8 to float in [0,1]."
@@ -307,7 +307,7 @@ def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P
     "Quality score (B,) in [0,1]: positive-prompt probability of softmax(scale*cos) per pair, averaged."
     return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
 
-# %% ../nbs/03_model.ipynb #6871f8f6
+# %% ../nbs/03_model.ipynb #edfeff15
 def _amp_dtype(self) -> torch.dtype|None:
     "Autocast dtype on CUDA (None: fp32)."
     if self.amp == 'fp32': return None
@@ -364,7 +364,7 @@ def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one
             out[chunk] = self.score_batch(torch.stack([imgs[i] for i in chunk])).float().cpu()
     return out
 
-# %% ../nbs/03_model.ipynb #a3dbe088
+# %% ../nbs/03_model.ipynb #5f74047a
 def read_official(path:str|Path, # checkpoint file in the official layout
                  ) -> tuple[dict, torch.Tensor]:
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
@@ -405,7 +405,7 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     cfg['text_cfg']['heads'] = max(1, cfg['text_cfg']['width'] // 64)
     return None, cfg
 
-# %% ../nbs/03_model.ipynb #91a5db8d
+# %% ../nbs/03_model.ipynb #615e2988
 @patch(cls_method=True)
 def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
@@ -455,7 +455,7 @@ def prompt_features_gap(path:str|Path, # checkpoint in the official layout
     stored = m.text_features.clone()
     return (encode_prompts(m.clip, m.prompts, m.backbone if m.backbone != 'custom' else None) - stored).abs().max().item()
 
-# %% ../nbs/03_model.ipynb #9e227574
+# %% ../nbs/03_model.ipynb #13e655e0
 @torch.no_grad()
 def randomize_(model:nn.Module, # module whose floating-point parameters and buffers are perturbed in place
                seed:int=0, # seed of the generator
