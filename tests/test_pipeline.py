@@ -131,3 +131,46 @@ def test_paper_profile_trains_on_the_import(paper_repo):
     r = subprocess.run([DVC, "dag", "--dot", "train"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert '"data.dvc" -> "unpack@kadis700k"' in r.stdout and '"unpack@kadis700k" -> "train"' in r.stdout, r.stdout
+
+
+def test_interrupted_training_resumes(tmp_path):
+    """`dvc repro` killed mid-training, then run again, continues from the persisted checkpoint.pt (no restart)."""
+    import signal, time
+    pytest.importorskip("qualiclip.train")
+    d = tmp_path / "repo"
+    d.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=d, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=d, check=True, env=ENV)
+    stage = load("dvc.yaml")["stages"]["train"]
+    from qualiclip.core import write_demo_photos
+    for s in ("train", "val"): write_demo_photos(d / "pristine" / s, s)
+    train = dict(backbone="qualiclip-tiny", pretrained="none", pristine="pristine/train", val_pristine="pristine/val", crop=64,
+                 levels=3, batch_size=2, workers=0, steps=12, lr=1e-3, warmup_steps=0, val_every=1, val_repeats=1, ckpt_every=1,
+                 log_every=1, device="cpu", precision="fp32", seed=0, out="run", progress=False)
+    (d / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    (d / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
+        "cmd": stage["cmd"], "deps": ["pristine/train", "pristine/val"], "params": ["train"],
+        "outs": stage["outs"]}}}))
+    env = dict(ENV, QUALICLIP_ROOT=str(d), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "add", "-A"], cwd=d, check=True, env=env)  # dvclive needs a commit to exist
+    subprocess.run(["git", "commit", "-qm", "scratch"], cwd=d, check=True, env=env)
+    log1 = open(tmp_path / "first.log", "w")
+    p = subprocess.Popen([DVC, "repro", "train"], cwd=d, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    ck, t0 = d / "run" / "checkpoint.pt", time.time()
+    while time.time() - t0 < 300 and p.poll() is None:
+        if ck.exists() and "step 3:" in (tmp_path / "first.log").read_text(): break
+        time.sleep(0.5)
+    assert p.poll() is None, "training finished before it could be interrupted: " + (tmp_path / "first.log").read_text()[-2000:]
+    os.killpg(p.pid, signal.SIGINT)
+    p.wait(timeout=120)
+    first = (tmp_path / "first.log").read_text()
+    assert ck.exists(), first[-2000:]
+    r = subprocess.run([DVC, "repro", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "--resume" in out                 # the command passed --resume because the checkpoint was there
+    assert "step 1:" not in out and "step 12:" in out, out[-3000:]  # it continued, it did not start again at step 1
+    m = json.loads((d / "run" / "metrics.json").read_text())
+    assert m["step"] == 12
+    r = subprocess.run([DVC, "repro", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert "didn't change, skipping" in r.stdout, r.stdout   # and a further repro is a no-op
