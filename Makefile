@@ -22,8 +22,8 @@ install: $(STAMP)
 
 # The main job: regenerate every table and figure of the active profile (params.yaml; the demo by default).
 repro: install
-	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 
 # Headless Chromium (Debian package) for the documentation-site test; installed when missing and possible.
 sysdeps:
