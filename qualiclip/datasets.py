@@ -474,11 +474,11 @@ def _rel(p, root:Path):
 
 def load_dataset(name:str, # a key of `DATASETS`
                  root:str|Path, # the dataset's root folder (see the spec's layout)
-                 missing:str='error', # 'error': fail when listed images are absent; 'drop': drop them with a warning
+                 missing:str='error', # 'error': fail when listed images are absent; 'drop': drop them with a warning; 'keep': keep their rows
                 ) -> pd.DataFrame:
     "Parse a dataset's own metadata into the normalised table, one row per scored image."
     spec = get_spec(name)
-    if missing not in ('error', 'drop'): raise ValueError(f"missing={missing!r}: use 'error' or 'drop'.")
+    if missing not in ('error', 'drop', 'keep'): raise ValueError(f"missing={missing!r}: use 'error', 'drop' or 'keep'.")
     root = Path(root).expanduser()
     if not root.is_dir(): raise DatasetError(f"{name}: root {root} is not a folder.\n{spec.manual_help(root)}")
     root = root.resolve()
@@ -496,7 +496,7 @@ def load_dataset(name:str, # a key of `DATASETS`
         d = df.image[df.image.duplicated()].tolist()
         raise DatasetError(f"{name}: {len(d)} image(s) listed twice in the metadata, e.g. {d[:3]}.")
     gone = ~np.array([os.path.isfile(p) for p in df.path], dtype=bool)
-    if gone.any():
+    if gone.any() and missing != 'keep':
         first = df.image[gone].tolist()[:5]
         msg = (f"{name}: {gone.sum()} of {len(df)} images listed in the metadata are missing under {root}, "
                f"e.g. {first}.")

@@ -5,7 +5,7 @@
 # %% ../nbs/08_evaluate.ipynb #3d697211
 from __future__ import annotations
 
-import glob, json, re, sys, time, warnings
+import glob, json, os, re, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,19 +370,8 @@ def _load_table(dataset:str, root, missing:str) -> pd.DataFrame:
     "The dataset table with a `_missing` flag; absent images are kept (flagged) when `missing='record'`."
     if missing == 'error': df = load_dataset(dataset, root, missing='error'); df['_missing'] = False; return df
     if missing != 'record': raise ValueError(f"missing={missing!r}: use 'record' or 'error'")
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        df = load_dataset(dataset, root, missing='drop')
-    spec = get_spec(dataset); r = Path(root).expanduser().resolve()
-    raw = spec.parser(r)
-    have = set(df.path)
-    gone = [(str(Path(p)), float(s)) for p, s in zip(raw.path, raw.mos) if str(Path(p)) not in have]
-    df['_missing'] = False
-    if gone:
-        rows = pd.DataFrame({'path': [p for p, _ in gone], 'mos': [s for _, s in gone], '_missing': True,
-                             'higher_better': spec.higher_better})
-        rows['image'] = [Path(p).relative_to(r).as_posix() if Path(p).is_relative_to(r) else p for p in rows.path]
-        df = pd.concat([df, rows], ignore_index=True)
+    df = load_dataset(dataset, root, missing='keep')
+    df['_missing'] = [not os.path.isfile(p) for p in df.path]
     if not len(df): raise DatasetError(f"{dataset}: no images listed under {root}")
     return df
 
