@@ -19,6 +19,8 @@ COMMANDS = {
     'distortion-grid': 'qualiclip.distortions:distortion_grid_cmd',
     'bench pairs': 'qualiclip.pairs:bench_pairs_cmd',
     'train': 'qualiclip.train:train_cmd',
+    'plot-run': 'qualiclip.train:plot_run_cmd',
+    'level-order': 'qualiclip.train:level_order_cmd',
     'bench train': 'qualiclip.train:bench_train_cmd',
     'evaluate': 'qualiclip.evaluate:evaluate_cmd',
     'prepare': 'qualiclip.datasets:prepare_cmd',

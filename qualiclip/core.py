@@ -210,9 +210,11 @@ DEMO_PHOTOS = {
     'coins': 'skimage.data.coins (gray)', 'moon': 'skimage.data.moon (gray)',
     'china': "sklearn.datasets.load_sample_image('china.jpg')", 'flower': "sklearn.datasets.load_sample_image('flower.jpg')",
     'grace_hopper': "matplotlib.cbook.get_sample_data('grace_hopper.jpg')",
+    'brick': 'skimage.data.brick (gray)', 'grass': 'skimage.data.grass (gray)', 'gravel': 'skimage.data.gravel (gray)',
 }
-DEMO_SPLITS = {'train': ['astronaut', 'coffee', 'rocket', 'china', 'motorcycle_left', 'motorcycle_right', 'camera', 'coins'],
-               'val': ['grace_hopper', 'moon'],
+DEMO_SPLITS = {'train': ['astronaut', 'moon', 'rocket', 'china', 'motorcycle_left', 'motorcycle_right', 'camera', 'coins',
+                         'brick', 'grass', 'gravel'],
+               'val': ['grace_hopper', 'coffee'],
                'test': ['chelsea', 'flower']}
 
 def demo_photo(name:str, # a key of `DEMO_PHOTOS`

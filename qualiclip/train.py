@@ -20,8 +20,9 @@ from .losses import qualiclip_loss
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
-           'ResumableSampler', 'pristine_dataset', 'make_val_set', 'validate', 'rng_state', 'set_rng_state', 'Trainer',
-           'train', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run']
+           'ResumableSampler', 'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state',
+           'set_rng_state', 'bn_has_statistics', 'Trainer', 'train', 'level_order', 'level_order_cmd', 'train_cmd',
+           'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     val_every:int = 100 # validate every this many steps (and at the last step)
     val_repeats:int = 16 # degraded samples drawn per held-out image (each: one crop at every level)
     val_ordered_only:bool = True # drop validation samples whose levels are not strictly ordered in PSNR
+    val_balanced:bool = True # every distortion type equally often in validation (False: drawn like training)
     val_batch_size:int = 64 # crops per forward pass in validation
     log_every:int = 10 # log training metrics every this many steps
     ckpt_every:int = 100 # write checkpoint.pt every this many steps (and at the end)
@@ -168,6 +170,20 @@ def pristine_dataset(folder:str|None, # folder (or files/globs) of pristine imag
                           min_short=crop, seed=seed)
 
 # %% ../nbs/05_train.ipynb #b96e4b85
+def balanced_compositions(n:int, # number of compositions
+                          generator:torch.Generator|None=None, # source of the random completions
+                          max_distortions:int=4, # at most this many types per composition
+                          start:int=0, # index (in `DISTORTIONS`) of the first composition's main type
+                         ) -> list[list[str]]:
+    "Compositions whose first type cycles through every distortion type, completed at random from other groups."
+    from qualiclip.distortions import DISTORTIONS, sample_compositions
+    names = list(DISTORTIONS); out = []
+    for i, c in enumerate(sample_compositions(n, generator, max_distortions)):
+        t = names[(start + i) % len(names)]
+        rest = [u for u in c if DISTORTIONS[u].group != DISTORTIONS[t].group]
+        out.append([t] + rest[:len(c) - 1])
+    return out
+
 def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float in [0,1]
                  crop:int=224, # crop size
                  levels:int=5, # degradation levels
@@ -176,13 +192,20 @@ def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float
                  seed:int=0, # seed of crops and degradations
                  device='cpu', # device the degradations run on
                  ordered_only:bool=True, # keep only samples whose levels are strictly ordered in PSNR
+                 balanced:bool=True, # every type equally often (repeat r of image m: type (r + m*T//M) mod T)
                 ) -> tuple:
     "Fixed validation crops: (x (N,3,S,S) on the CPU, level (N,), sample id (N,)), N <= images*repeats*levels."
     from qualiclip.pairs import make_pairs, level_order_violations
     device = torch.device(device); g = make_generator(seed, device)
     ims = [im.to(device) for im in images] * repeats
+    comps = None
+    if balanced:
+        from qualiclip.distortions import DISTORTIONS
+        T, M = len(DISTORTIONS), len(images)
+        comps = [balanced_compositions(1, g, max_distortions, start=r + m * T // M)[0]
+                 for r in range(repeats) for m in range(M)]
     p, _, pr = make_pairs(ims, crop=crop, levels=levels, max_distortions=max_distortions, generator=g,
-                          return_pristine=True)
+                          return_pristine=True, compositions=comps)
     keep = (~level_order_violations(p, pr, 'psnr')[:, 0].any(1) if ordered_only   # judged on crop a, the one kept
             else torch.ones(len(p), dtype=torch.bool, device=p.device))
     p = p[:, :, :1]
@@ -250,6 +273,15 @@ class _Similarities(nn.Module):
 
 def _bn_modules(m): return [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
 
+def bn_has_statistics(m:nn.Module, # a module (e.g. the image tower)
+                     ) -> bool:
+    "Whether a BatchNorm layer of `m` holds running statistics from training, not the 0/1 of a fresh initialisation."
+    for b in _bn_modules(m):
+        if b.running_mean is None: continue
+        if b.num_batches_tracked is not None and int(b.num_batches_tracked) > 0: return True
+        if bool(b.running_mean.abs().gt(0).any()) or bool((b.running_var - 1).abs().gt(0).any()): return True
+    return False
+
 def _param_groups(visual:nn.Module, weight_decay:float) -> list:
     "AdamW groups: decay on weight matrices and kernels, none on biases, norms and embeddings."
     decay, no = [], []
@@ -272,7 +304,7 @@ class Trainer:
         for n, p in self.model.visual.named_parameters():  # the position-free attention pool never uses
             p.requires_grad_('positional_embedding' not in n)  # its positional embedding: keep it out of DDP
         if cfg.channels_last: self.model.visual.to(memory_format=torch.channels_last)
-        self.bn = cfg.bn if cfg.bn != 'auto' else ('frozen' if cfg.pretrained else 'train')
+        self.bn = cfg.bn if cfg.bn != 'auto' else ('frozen' if bn_has_statistics(self.model.visual) else 'train')
         self.amp = autocast_dtype(cfg.precision, self.device)
         self.opt = torch.optim.AdamW(_param_groups(self.model.visual, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                      fused=self.device.type == 'cuda')
@@ -373,7 +405,8 @@ def validate(self:Trainer) -> dict:
         val = pristine_dataset(c.val_pristine, 'val', c.crop, (c.val_scale, c.val_scale), c.seed)
         ims = [im for im in (val[i] for i in range(len(val))) if im is not None]
         self._val = make_val_set(ims, c.crop, c.levels, c.val_repeats, c.max_distortions, seed=c.seed + 12345,
-                                 device=self.device, ordered_only=c.val_ordered_only)
+                                 device=self.device, ordered_only=c.val_ordered_only,
+                                 balanced=c.val_balanced)
     return validate(self.model, *self._val, batch_size=c.val_batch_size, amp_dtype=self.amp)
 
 @patch
@@ -446,6 +479,13 @@ def fit(self:Trainer, resume:bool=False) -> dict:
     train_time, n_crops, start_step = 0.0, 0, self.step_no
     crops = c.batch_size * 2 * c.levels * self.world
     bar = tqdm(total=end, initial=self.step_no, disable=not (self.main and c.progress), desc='train', dynamic_ncols=True)
+    if self.main and self.step_no == 0:  # the starting point of the validation curve
+        v = self.validate()
+        metrics.update(val_srcc_start=v['val_srcc'], val_plcc_start=v['val_plcc'])
+        live.step = 0
+        for k, val in v.items(): live.log_metric(k, val)
+        live.next_step()
+        bar.write(f"step 0: val_srcc {v['val_srcc']:.4f} val_plcc {v['val_plcc']:.4f} (pooled {v['val_srcc_pooled']:.4f})")
     data = self.batches()
     try:
         while self.step_no < end:
@@ -488,6 +528,56 @@ def train(cfg:TrainConfig, # the run's settings
     "Run (or resume) a training run and return its final metrics; joins/leaves the process group under torchrun."
     try: return Trainer(cfg).fit(resume=resume)
     finally: cleanup_distributed()
+
+# %% ../nbs/05_train.ipynb #e2b7c5d9
+def level_order(weights:str|Path, # checkpoint in the official layout (e.g. runs/demo/qualiclip.pth)
+                images:list, # pristine image files, folders or globs
+                crop:int=96, # crop size (the run's `crop`)
+                levels:int=5, # degradation levels (the run's `levels`)
+                repeats:int=48, # degraded samples per image (the run's `val_repeats`)
+                max_distortions:int=1, # distortions composed per sample (the run's `max_distortions`)
+                scale:float=0.35, # resize factor of each image's shorter side (the run's `val_scale`)
+                seeds:list=(12345,), # seeds of the draw (the run's validation uses its `seed` + 12345)
+                balanced:bool=True, # every type equally often (the run's `val_balanced`)
+                device:str='cpu', # device of model and degradations
+                batch_size:int=64, # crops per forward pass
+               ) -> 'pd.DataFrame':
+    "Within-sample SRCC/PLCC against the level order: one row per image and seed, plus '(all)' rows."
+    import pandas as pd
+    from qualiclip.model import QualiCLIP
+    dev = get_device(device)
+    model = QualiCLIP.from_checkpoint(weights, device=dev).eval()
+    ds = pristine_dataset(images, 'val', crop, (scale, scale), 0)
+    ims = [ds[i] for i in range(len(ds))]
+    names = [Path(f).name for f, im in zip(ds.files, ims) if im is not None]; ims = [im for im in ims if im is not None]
+    if not ims: raise ValueError(f"No readable image in {images}.")
+    rows = []
+    for seed in seeds:
+        for name, group in [*((n, [im]) for n, im in zip(names, ims)), *([('(all)', ims)] if len(ims) > 1 else [])]:
+            v = validate(model, *make_val_set(group, crop, levels, repeats, max_distortions, seed=int(seed), device=dev,
+                                              balanced=balanced), batch_size=batch_size)
+            rows.append({'image': name, 'seed': int(seed), 'srcc': v['val_srcc'], 'plcc': v['val_plcc'],
+                         'srcc_pooled': v['val_srcc_pooled'], 'samples': v['val_samples']})
+    return pd.DataFrame(rows)
+
+def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/demo/qualiclip.pth)
+                    images:list[str], # pristine image files, folders or globs
+                    crop:int=96, # crop size
+                    levels:int=5, # degradation levels
+                    repeats:int=48, # degraded samples per image
+                    max_distortions:int=1, # distortions composed per sample
+                    scale:float=0.35, # resize factor of each image's shorter side
+                    seeds:list[int]=[12345], # seeds of the degradation draw
+                    device:str='cpu', # cpu, cuda, auto
+                    out:str|None=None, # also write the table as CSV here
+                   ) -> int:
+    "Print a checkpoint's within-sample SRCC/PLCC against the level order on pristine photos (per image and overall)."
+    df = level_order(weights, images, crop, levels, repeats, max_distortions, scale, seeds, device=device)
+    print(df.round(3).to_markdown(index=False))
+    print(json.dumps({'srcc_mean_over_seeds': float(df[df.image == df.image.iloc[-1]].srcc.mean())}))
+    if out:
+        with atomic_path(out) as t: df.to_csv(t, index=False)
+    return 0
 
 # %% ../nbs/05_train.ipynb #2bf62285
 _CMD_KEYS = ('backbone', 'pretrained', 'pristine', 'crop', 'levels', 'batch_size', 'steps', 'lr', 'device', 'out',
@@ -623,7 +713,21 @@ def plot_run(run:str|Path, # run folder (holds dvclive/)
         with atomic_path(path) as t: fig.savefig(t, dpi=110, format='png')
     return fig
 
+def plot_run_cmd(run:str, # run folder (holds dvclive/), e.g. runs/demo
+                 out:str='training_curve.png', # PNG to write
+                 title:str|None=None, # figure title (default: the run folder and its best validation SRCC)
+                ) -> int:
+    "Plot a training run's loss terms and validation curves to a PNG."
+    import matplotlib.pyplot as plt
+    m = Path(run)/'metrics.json'
+    if title is None and m.exists():
+        d = json.loads(m.read_text())
+        title = (f"{run}: val SRCC {d.get('val_srcc_start', float('nan')):.2f} at step 0, {d.get('val_srcc', float('nan')):.2f} "
+                 f"at step {d.get('step')} (best {d.get('best_val_srcc', float('nan')):.2f} at step {d.get('best_step')})")
+    plt.close(plot_run(run, out, title=title))
+    print(f"{run} -> {out}"); return 0
+
 # %% ../nbs/05_train.ipynb #ce486fd2
 DEMO_RECIPE = dict(backbone='qualiclip-tiny', pretrained=None, crop=96, levels=5, batch_size=4, max_distortions=1,
-                   scale=(0.25, 0.75), val_scale=0.35, steps=600, lr=2e-3, warmup_steps=20, m_rank=0.05,
-                   val_every=50, val_repeats=16, ckpt_every=100, log_every=5, workers=0, device='cpu', seed=0)
+                   scale=(0.25, 0.75), val_scale=0.35, steps=1500, lr=1e-3, warmup_steps=20, bn='train', m_rank=0.05,
+                   val_every=100, val_repeats=48, ckpt_every=100, log_every=10, workers=0, device='cpu', seed=0)
