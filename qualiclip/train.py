@@ -67,7 +67,7 @@ class TrainConfig:
     compile:bool = False # torch.compile the training forward
     # validation, logging, checkpoints
     val_every:int = 100 # validate every this many steps (and at the last step)
-    val_repeats:int = 16 # degraded samples drawn per held-out image (each: one crop at every level)
+    val_repeats:int = 24 # degraded samples per held-out image (each: one crop at every level; 24 = every type once)
     val_ordered_only:bool = True # drop validation samples whose levels are not strictly ordered in PSNR
     val_balanced:bool = True # every distortion type equally often in validation (False: drawn like training)
     val_batch_size:int = 64 # crops per forward pass in validation
@@ -700,9 +700,14 @@ def plot_run(run:str|Path, # run folder (holds dvclive/)
     import matplotlib; import matplotlib.pyplot as plt; import seaborn as sns
     cur = read_curves(run); sns.set_theme(style='whitegrid', context='notebook')
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    n = len(cur['train/loss']) if 'train/loss' in cur else 0; w = max(1, n // 25)  # smooth one-batch losses
     for k, lab in [('train/loss', 'total'), ('train/loss_cons', 'L_cons'), ('train/loss_pos', 'L_pos'), ('train/loss_neg', 'L_neg')]:
-        if k in cur: a.plot(cur[k]['step'], cur[k].iloc[:, -1], label=lab, lw=1.5 if lab == 'total' else 1)
-    a.set(xlabel='step', ylabel='loss', title='training loss'); a.legend()
+        if k not in cur: continue
+        y = cur[k].iloc[:, -1]
+        ln, = a.plot(cur[k]['step'], y.rolling(w, min_periods=1).mean(), label=lab, lw=1.8 if lab == 'total' else 1.2)
+        if w > 1: a.plot(cur[k]['step'], y, color=ln.get_color(), lw=0.6, alpha=0.25)
+    a.set(xlabel='step', ylabel='loss', title='training loss' + (f' (mean of {w} logged batches)' if w > 1 else ''))
+    a.legend()
     for k, lab in [('val_srcc', 'SRCC (within sample)'), ('val_plcc', 'PLCC (within sample)'), ('val_srcc_pooled', 'SRCC (pooled)')]:
         if k in cur: b.plot(cur[k]['step'], cur[k].iloc[:, -1], marker='o', ms=3, label=lab)
     b.axhline(0.8, color='gray', ls=':', lw=1); b.set(xlabel='step', ylabel='correlation with level order',
