@@ -145,13 +145,13 @@ def test_interrupted_training_resumes(tmp_path):
     from qualiclip.core import write_demo_photos
     for s in ("train", "val"): write_demo_photos(d / "pristine" / s, s)
     train = dict(backbone="qualiclip-tiny", pretrained="none", pristine="pristine/train", val_pristine="pristine/val", crop=64,
-                 levels=3, batch_size=2, workers=0, steps=12, lr=1e-3, warmup_steps=0, val_every=1, val_repeats=1, ckpt_every=1,
+                 levels=3, batch_size=2, workers=0, steps=40, lr=1e-3, warmup_steps=0, val_every=1, val_repeats=1, ckpt_every=1,
                  log_every=1, device="cpu", precision="fp32", seed=0, out="run", progress=False)
     (d / "params.yaml").write_text(yaml.safe_dump({"train": train}))
     (d / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
         "cmd": stage["cmd"], "deps": ["pristine/train", "pristine/val"], "params": ["train"],
         "outs": stage["outs"]}}}))
-    env = dict(ENV, QUALICLIP_ROOT=str(d), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(ENV, PYTHONUNBUFFERED="1", QUALICLIP_ROOT=str(d), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     subprocess.run(["git", "add", "-A"], cwd=d, check=True, env=env)  # dvclive needs a commit to exist
     subprocess.run(["git", "commit", "-qm", "scratch"], cwd=d, check=True, env=env)
     log1 = open(tmp_path / "first.log", "w")
@@ -169,8 +169,8 @@ def test_interrupted_training_resumes(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "--resume" in out                 # the command passed --resume because the checkpoint was there
-    assert "step 1:" not in out and "step 12:" in out, out[-3000:]  # it continued, it did not start again at step 1
+    assert "step 1:" not in out and "step 40:" in out, out[-3000:]  # it continued, it did not start again at step 1
     m = json.loads((d / "run" / "metrics.json").read_text())
-    assert m["step"] == 12
+    assert m["step"] == 40
     r = subprocess.run([DVC, "repro", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=300)
     assert "didn't change, skipping" in r.stdout, r.stdout   # and a further repro is a no-op
