@@ -155,7 +155,9 @@ def test_interrupted_training_resumes(tmp_path):
     subprocess.run(["git", "add", "-A"], cwd=d, check=True, env=env)  # dvclive needs a commit to exist
     subprocess.run(["git", "commit", "-qm", "scratch"], cwd=d, check=True, env=env)
     log1 = open(tmp_path / "first.log", "w")
-    p = subprocess.Popen([DVC, "repro", "train"], cwd=d, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    # Ctrl-C as in a terminal: restore SIGINT's default in the child (a shell started in the background ignores it)
+    p = subprocess.Popen([DVC, "repro", "train"], cwd=d, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ck, t0 = d / "run" / "checkpoint.pt", time.time()
     while time.time() - t0 < 300 and p.poll() is None:
         if ck.exists() and "step 3:" in (tmp_path / "first.log").read_text(): break
