@@ -26,6 +26,14 @@ COMMANDS = {
     'prepare': 'qualiclip.datasets:prepare_cmd',
     'gradcam': 'qualiclip.gradcam:gradcam_cmd',
     'gmad': 'qualiclip.gmad:gmad_cmd',
+    'check': 'qualiclip.pipeline:check_cmd',
+    'standin': 'qualiclip.pipeline:standin_cmd',
+    'unpack': 'qualiclip.pipeline:unpack_cmd',
+    'index': 'qualiclip.pipeline:index_cmd',
+    'pristine': 'qualiclip.pipeline:pristine_cmd',
+    'init': 'qualiclip.pipeline:init_cmd',
+    'ablate': 'qualiclip.pipeline:ablate_cmd',
+    'paper': 'qualiclip.pipeline:paper_cmd',
 }
 
 def resolve_command(spec:str, # 'module:function'
@@ -80,12 +88,37 @@ def build_parser(func, # the command's function
             p.add_argument(name, nargs='*' if is_list else '?', type=_conv(tp), help=help_, default=None)
             p.add_argument(*names, dest='_opt_' + name, nargs='+' if is_list else None, type=_conv(tp),
                            metavar=name.upper(), default=argparse.SUPPRESS, help=f'same as the positional {name}')
-        elif tp is bool and not is_list:
-            if prm.default: p.add_argument('--no-' + name.replace('_', '-'), dest=name, action='store_false', help=help_)
-            else: p.add_argument(*names, dest=name, action='store_true', help=help_)
+        elif tp is bool and not is_list:   # --flag and --no-flag, whatever the default
+            p.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=prm.default, help=help_)
         else:
             p.add_argument(*names, dest=name, nargs='+' if is_list else None, type=_conv(tp), default=prm.default, help=help_)
+    cfg = getattr(func, '__config__', None)
+    if cfg is not None: _add_config_options(p, cfg, set(inspect.signature(func).parameters))
     return p
+
+def _add_config_options(p:argparse.ArgumentParser, # the parser to extend
+                        cfg, # a dataclass whose fields become options
+                        taken:set, # names the function already uses
+                       ) -> None:
+    "One option per dataclass field, present in the result only when given on the command line."
+    import dataclasses
+    docs = docments(cfg, full=True)
+    try: hints = typing.get_type_hints(cfg)
+    except Exception: hints = {}
+    g = p.add_argument_group(f'{cfg.__name__} options (each overrides the --params value; default in brackets)')
+    for f in dataclasses.fields(cfg):
+        if f.name in taken: continue
+        d = docs.get(f.name, {}); help_ = (d.get('docment') if isinstance(d, dict) else None) or ''
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = f"{help_} [{list(default) if isinstance(default, tuple) else default}]"
+        tp, is_list = _base_type(hints.get(f.name, f.type))
+        if is_list and isinstance(default, tuple) and default: tp = type(default[0])
+        names = ['--' + f.name.replace('_', '-')] + (['--' + f.name] if '_' in f.name else [])
+        if tp is bool and not is_list:
+            g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            g.add_argument(*names, dest=f.name, nargs='+' if is_list else None, type=_conv(tp), default=argparse.SUPPRESS,
+                           metavar=f.name.upper(), help=help_)
 
 def parse_command(func, # the command's function
                   argv:list[str], # its arguments

@@ -545,12 +545,14 @@ def _check_member(name:str, tmp:Path, archive:Path) -> None:
     if '..' in PurePosixPath(n).parts or not (tmp/n).resolve().is_relative_to(tmp.resolve()):
         raise ArchiveError(f"{archive}: member {name!r} would be written outside the target folder; refusing to unpack.")
 
-def _merge_move(src:Path, dst:Path) -> None:
-    "Move src onto dst, merging folders."
+def _merge_move(src:Path, dst:Path, archive:Path|None=None) -> None:
+    "Move src onto dst, merging folders; a file never replaces a folder (nothing already there is deleted)."
     if dst.is_dir() and src.is_dir() and not src.is_symlink():
-        for c in src.iterdir(): _merge_move(c, dst/c.name)
+        for c in src.iterdir(): _merge_move(c, dst/c.name, archive)
         return
-    if dst.is_dir() and not dst.is_symlink(): shutil.rmtree(dst)
+    if dst.is_dir() and not dst.is_symlink():
+        raise ArchiveError(f"{archive or src}: the member {src.name!r} is a file where {dst} is a folder; nothing of that "
+                           "folder was touched. Move the folder away (or unpack the archive elsewhere) and run again.")
     os.replace(src, dst)
 
 def safe_extract(archive:str|Path, # a .zip or tar archive
@@ -595,8 +597,9 @@ def safe_extract(archive:str|Path, # a .zip or tar archive
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     tops = sorted(c.name for c in tmp.iterdir())
-    for c in tops: _merge_move(tmp/c, dest/c)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for c in tops: _merge_move(tmp/c, dest/c, archive)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return tops
 
 # %% ../nbs/06_datasets.ipynb #3d3ed003
@@ -955,6 +958,10 @@ def build_demo_dataset(root:str|Path, # folder to write (replaced atomically whe
     "Build the demo benchmark: held-out package photos degraded at every type and level, with pseudo-scores."
     root = Path(root)
     if (root/'demo_scores.csv').exists() and not overwrite: return root
+    if root.is_dir() and any(root.iterdir()) and not (root/'demo_scores.csv').exists():
+        raise DatasetError(f"{root} is not empty and holds no demo dataset; nothing was written. "
+                           "Give a new or empty folder for the demo dataset.")
+    if root.is_dir() and not any(root.iterdir()): root.rmdir()
     with atomic_path(root) as tmp:
         tmp.mkdir(); _build_demo(tmp, split, seed, size, types)
     return root

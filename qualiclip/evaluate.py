@@ -367,7 +367,13 @@ def _slug(s) -> str:
     return re.sub(r'[^0-9a-z]+', '_', str(s).lower()).strip('_')
 
 def _load_table(dataset:str, root, missing:str) -> pd.DataFrame:
-    "The dataset table with a `_missing` flag; absent images are kept (flagged) when `missing='record'`."
+    "The dataset table (from its folder, or from an index CSV) with a `_missing` flag; absent images are kept (flagged) when `missing='record'`."
+    if str(root).lower().endswith('.csv'):
+        from qualiclip.pipeline import read_index
+        df = read_index(root); df['_missing'] = [not os.path.isfile(p) for p in df.path]
+        if missing == 'error' and df._missing.any():
+            raise DatasetError(f"{dataset}: {int(df._missing.sum())} image(s) of the index {root} are missing, e.g. {df.image[df._missing].tolist()[:3]}.")
+        return df
     if missing == 'error': df = load_dataset(dataset, root, missing='error'); df['_missing'] = False; return df
     if missing != 'record': raise ValueError(f"missing={missing!r}: use 'record' or 'error'")
     df = load_dataset(dataset, root, missing='keep')
@@ -519,7 +525,7 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
 
 # %% ../nbs/08_evaluate.ipynb #deb00719
 def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e.g. demo, koniq10k, live
-                 root:str, # dataset root folder (the owners' layout)
+                 root:str, # dataset root folder (the owners' layout), or its index (data/index/<name>.csv)
                  model:str='qualiclip', # scorer: qualiclip, clipiqa, niqe (or any registered name)
                  weights:str|None=None, # checkpoint file (qualiclip: official layout; niqe: parameters file)
                  backbone:str|None=None, # open_clip config (default: inferred / RN50-quickgelu)

@@ -89,7 +89,8 @@ def _cached_weights(backbone:str, # open_clip model name
 def _is_torchscript(path:str|Path) -> bool:
     "Whether `path` is a TorchScript archive (as OpenAI's released CLIP `.pt` files are)."
     try:
-        with zipfile.ZipFile(path) as z: return any(n.endswith('constants.pkl') for n in z.namelist())
+        with zipfile.ZipFile(path) as z:   # TorchScript archives hold code/ (and constants.pkl, or constants/ since torch 2.x)
+            return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
     except (zipfile.BadZipFile, OSError): return False
 
 def _load_clip_weights(model:nn.Module, # open_clip CLIP model
@@ -105,8 +106,9 @@ def _load_clip_weights(model:nn.Module, # open_clip CLIP model
     if 'prompts_features' in sd or any(k.startswith('clip_model.') for k in sd):
         raise ValueError(f"{path} is a QualiCLIP checkpoint, not plain CLIP weights: pass it as --weights / "
                          "QualiCLIP.from_checkpoint(path) instead of --pretrained.")
+    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())  # buffers a TorchScript archive may hold (attn_mask)
     sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
-          if k not in ('input_resolution', 'context_length', 'vocab_size')}
+          if k not in ('input_resolution', 'context_length', 'vocab_size') and k not in transient}
     if 'logit_scale' in sd and sd['logit_scale'].ndim != model.logit_scale.ndim:
         sd['logit_scale'] = sd['logit_scale'].reshape(model.logit_scale.shape)
     _strict_load(model, sd, path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #a133d175
 from __future__ import annotations
-import dataclasses, json, math, os, random, tempfile, time, warnings
+import dataclasses, json, math, os, random, sys, tempfile, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -19,10 +19,10 @@ from .core import atomic_path, get_device, make_generator, seed_everything, load
 from .losses import qualiclip_loss
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
+__all__ = ['TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
            'ResumableSampler', 'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state',
-           'set_rng_state', 'bn_has_statistics', 'Trainer', 'train', 'level_order', 'level_order_cmd', 'train_cmd',
-           'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
+           'set_rng_state', 'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'train', 'level_order',
+           'level_order_cmd', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
 @dataclass
@@ -389,12 +389,17 @@ def batches(self:Trainer):
                                          pin_memory=self.device.type == 'cuda', persistent_workers=False,
                                          generator=torch.Generator().manual_seed(c.seed * 7919 + epoch),
                                          prefetch_factor=4 if c.workers else None)
+        got = 0
         for ims in dl:
             if not ims: continue  # every image of the batch was unreadable (each one is reported)
+            got += 1
             ims = [im.to(self.device, non_blocking=True) for im in ims]
             p, _ = make_pairs(ims, crop=c.crop, levels=c.levels, max_offset=c.max_offset,
                               max_distortions=c.max_distortions, generator=self.gen)
             yield p
+        if not got and pos == 0:
+            raise ValueError(f"No batch of readable pristine images in a whole pass over {c.pristine or 'the demo photos'} "
+                             f"({n} files, each unreadable one reported above); replace or remove the broken files.")
         epoch, pos = epoch + 1, 0
 
 @patch
@@ -440,9 +445,9 @@ def load(self:Trainer, path:str|Path|None=None):
     if not path.exists(): raise FileNotFoundError(f"No checkpoint to resume from at {path}; drop --resume to start a new run.")
     st = torch.load(path, map_location='cpu', weights_only=True)
     now = self.cfg.to_dict()
-    diff = {k: (st['config'].get(k), v) for k, v in now.items() if k not in _RESUME_FREE and st['config'].get(k) != v}
+    diff = _settings_diff(st['config'], now)
     if diff: raise ValueError(f"Cannot resume {path}: settings differ from the checkpoint's (saved, now): {diff}; "
-                              "use the run's settings or a new --out folder.")
+                              "use the run's settings, a new --out folder, or --resume auto (moves the old run aside).")
     if st['config'].get('steps') != self.cfg.steps:
         warnings.warn(f"steps changed from {st['config'].get('steps')} to {self.cfg.steps}: the lr schedule differs from the original run.")
     self.model.load_state_dict(st['model'])
@@ -455,17 +460,61 @@ def load(self:Trainer, path:str|Path|None=None):
     return self
 
 # %% ../nbs/05_train.ipynb #498e5718
+def _json_safe(v):
+    "Non-finite floats as None (valid JSON), numpy scalars as Python numbers."
+    if isinstance(v, dict): return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)): return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer): return int(v)
+    return v
+
 def _write_json(d:dict, path:Path):
-    with atomic_path(path) as t: t.write_text(json.dumps(d, indent=2) + '\n')
+    with atomic_path(path) as t: t.write_text(json.dumps(_json_safe(d), indent=2, allow_nan=False) + '\n')
+
+def _settings_diff(saved:dict, now:dict) -> dict:
+    "Settings that differ between a checkpoint's config and the current one (those a resume may not change)."
+    return {k: (saved.get(k), v) for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v}
+
+def move_aside(folder:str|Path, # a run folder
+              ) -> Path:
+    "Rename a run folder to `<name>.prev-<time>` (never deleting it) and return the new path."
+    folder = Path(folder); stamp = time.strftime('%Y%m%d-%H%M%S')
+    dest, k = folder.with_name(f'{folder.name}.prev-{stamp}'), 1
+    while dest.exists(): dest, k = folder.with_name(f'{folder.name}.prev-{stamp}-{k}'), k + 1
+    os.replace(folder, dest); return dest
+
+def resume_decision(cfg:TrainConfig, # the run's settings
+                    resume:bool|str='auto', # 'auto', 'yes' (True) or 'no' (False)
+                   ) -> tuple[bool, str]:
+    "(resume?, reason): 'auto' resumes a run folder whose checkpoint has the same settings and moves any other aside."
+    r = {True: 'yes', False: 'no'}.get(resume, str(resume).lower())
+    if r not in ('auto', 'yes', 'no'): raise ValueError(f"resume={resume!r}: use 'auto', 'yes' or 'no'.")
+    out = Path(cfg.out); ck = out/'checkpoint.pt'
+    if r == 'yes': return True, f"resuming {ck}"
+    if not out.is_dir() or not any(out.iterdir()): return False, ''
+    if r == 'auto' and ck.is_file():
+        try: saved = torch.load(ck, map_location='cpu', weights_only=True)['config']
+        except Exception as e: saved, why = None, f"its checkpoint cannot be read ({type(e).__name__}: {e})"
+        if saved is not None:
+            diff = _settings_diff(saved, cfg.to_dict())
+            if not diff: return True, f"resuming {ck} (same settings)"
+            why = f"its settings differ (saved, now): {diff}"
+    else: why = 'a new run was asked for' if r == 'no' else 'it holds no checkpoint'
+    return False, f"{out} was moved aside to {{dest}} because {why}; starting a new run"
 
 @patch
-def fit(self:Trainer, resume:bool=False) -> dict:
-    "Train to cfg.steps (or cfg.stop_at) and return the final metrics."
+def fit(self:Trainer, resume:bool|str=False) -> dict:
+    "Train to cfg.steps (or cfg.stop_at) and return the final metrics; `resume`: see `resume_decision`."
     from tqdm.auto import tqdm
     c = self.cfg
+    resume, why = resume_decision(c, resume) if self.main else (None, '')
+    if self.world > 1:
+        box = [resume, why]; dist.broadcast_object_list(box, src=0); resume, why = box
+    if not resume and why and self.main:
+        print(why.replace('{dest}', str(move_aside(self.out))), file=sys.stderr)
+    elif resume and self.main: print(why, file=sys.stderr)
+    if self.world > 1: dist.barrier()
     if resume: self.load()
-    elif self.main and (self.out/'checkpoint.pt').exists():
-        warnings.warn(f"{self.out} already holds a checkpoint: starting a new run over it (use resume to continue).")
     live = None
     if self.main:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -523,7 +572,7 @@ def fit(self:Trainer, resume:bool=False) -> dict:
 
 # %% ../nbs/05_train.ipynb #38311d72
 def train(cfg:TrainConfig, # the run's settings
-          resume:bool=False, # continue from cfg.out/checkpoint.pt
+          resume:bool|str=False, # True/'yes': continue cfg.out/checkpoint.pt; 'auto': continue it when its settings match; False/'no': new run (an old one is moved aside)
          ) -> dict:
     "Run (or resume) a training run and return its final metrics; joins/leaves the process group under torchrun."
     try: return Trainer(cfg).fit(resume=resume)
@@ -580,41 +629,22 @@ def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/
     return 0
 
 # %% ../nbs/05_train.ipynb #2bf62285
-_CMD_KEYS = ('backbone', 'pretrained', 'pristine', 'crop', 'levels', 'batch_size', 'steps', 'lr', 'device', 'out',
-             'precision', 'compile', 'val_every', 'workers', 'seed', 'stop_at')
-
-def train_cmd(params:str|None=None, # params.yaml: its `train:` section sets every option (given options override it)
-              backbone:str=TrainConfig.backbone, # open_clip config ('RN50-quickgelu') or 'qualiclip-tiny'
-              pretrained:str|None=TrainConfig.pretrained, # weights to start from: 'openai', a local file, or none (random init)
-              pristine:str|None=TrainConfig.pristine, # folder of pristine training images (default: the demo photos)
-              crop:int=TrainConfig.crop, # crop size (multiple of 32)
-              levels:int=TrainConfig.levels, # degradation levels per pair
-              batch_size:int=TrainConfig.batch_size, # pristine images per process and step
-              steps:int=TrainConfig.steps, # optimisation steps
-              lr:float=TrainConfig.lr, # peak learning rate
-              device:str=TrainConfig.device, # auto, cpu, cuda, cuda:N
-              out:str=TrainConfig.out, # run folder
-              resume:bool=False, # continue the run in --out from its checkpoint.pt
-              precision:str=TrainConfig.precision, # auto (bf16 on CUDA), fp32, bf16, fp16
-              compile:bool=TrainConfig.compile, # torch.compile the training forward
-              val_every:int=TrainConfig.val_every, # validate every this many steps
-              workers:int=TrainConfig.workers, # image-decoding loader workers
-              seed:int=TrainConfig.seed, # seed of the run
-              stop_at:int|None=TrainConfig.stop_at, # stop after this step (checkpoint written; continue with --resume)
+def train_cmd(params:str|None=None, # a profile (params.yaml): its training recipe (`train:` and the shared keys); options given here override it
+              resume:str='auto', # auto: continue a run of the same settings, else move it aside and start anew; yes: continue or fail; no: start anew
+              **overrides, # every TrainConfig field is an option: --crop 224, --lr 1e-5, --compile / --no-compile, ...
              ) -> int:
     "Train QualiCLIP's image tower on degraded pristine images (one process, or each process under torchrun)."
-    given = dict(locals())
-    defaults = {k: v.default for k, v in __import__('inspect').signature(train_cmd).parameters.items()}
+    from qualiclip.pipeline import train_config
     try:
-        base = load_params(params) if params else {}
-        over = {k: given[k] for k in _CMD_KEYS if not params or given[k] != defaults[k]}
-        cfg = TrainConfig.from_params(base.get('train', base) if params else {}, **over)
+        cfg = train_config(params, **overrides) if params else TrainConfig.from_params({}, **overrides)
         m = train(cfg, resume=resume)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"qualiclip train: {e}", file=__import__('sys').stderr); return 2
+        print(f"qualiclip train: {e}", file=sys.stderr); return 2
     if dist_env()[0] == 0:
-        print(json.dumps({k: m[k] for k in ('step', 'val_srcc', 'val_plcc', 'best_val_srcc', 'crops_per_s') if k in m}))
+        print(json.dumps(_json_safe({k: m[k] for k in ('step', 'val_srcc', 'val_plcc', 'best_val_srcc', 'crops_per_s') if k in m})))
     return 0
+
+train_cmd.__config__ = TrainConfig  # the CLI adds one option per field
 
 # %% ../nbs/05_train.ipynb #8d828818
 def _sync(dev):
@@ -731,8 +761,3 @@ def plot_run_cmd(run:str, # run folder (holds dvclive/), e.g. runs/demo
                  f"at step {d.get('step')} (best {d.get('best_val_srcc', float('nan')):.2f} at step {d.get('best_step')})")
     plt.close(plot_run(run, out, title=title))
     print(f"{run} -> {out}"); return 0
-
-# %% ../nbs/05_train.ipynb #ce486fd2
-DEMO_RECIPE = dict(backbone='qualiclip-tiny', pretrained=None, crop=96, levels=5, batch_size=4, max_distortions=1,
-                   scale=(0.25, 0.75), val_scale=0.35, steps=1500, lr=1e-3, warmup_steps=20, bn='train', m_rank=0.05,
-                   val_every=100, val_repeats=48, ckpt_every=100, log_every=10, workers=0, device='cpu', seed=0)

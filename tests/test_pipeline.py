@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc"
 ENV = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 PAPER_NBS = sorted((ROOT / "nbs" / "paper").glob("*.ipynb"))
-OPEN_KEYS = {"archives", "ablations", "roots", "labels"}  # dicts whose keys are data (names), not settings
+OPEN_KEYS = {"ablations", "roots", "labels", "start"}  # dicts whose keys are data (names), not settings
 
 
 def load(p): return yaml.safe_load((ROOT / p).read_text())
@@ -51,7 +51,7 @@ def test_profiles_have_same_keys():
     assert demo["profile"] == "demo" and paper["profile"] == "paper"
     assert demo["device"] == "cpu" and paper["device"].startswith("cuda")
     assert demo["model"]["backbone"] == "qualiclip-tiny" and paper["model"]["backbone"] == "RN50-quickgelu"
-    assert paper["model"]["pretrained"] == "openai"
+    assert paper["model"]["start"] == {"openai": "data/weights/RN50.pt"} and demo["model"]["start"] == {"random": "qualiclip/model.py"}
     assert paper["train"]["pristine"].startswith("data/kadis700k")
     for d in ["koniq10k", "clive", "flive", "spaq", "live", "csiq", "tid2013", "kadid10k"]:
         assert d in paper["evaluate"]["datasets"] and d in paper["prepare"]["datasets"], d
@@ -67,28 +67,39 @@ def test_paper_datasets_are_registered():
 
 
 def test_train_sections_are_valid_configs():
-    train = pytest.importorskip("qualiclip.train")
-    for prof in ("params.yaml", "params/paper.yaml"):
+    pytest.importorskip("qualiclip.train")
+    from qualiclip.pipeline import train_config
+    for prof in ("params.yaml", "params/paper.yaml", "params/paper-smoke.yaml"):
         p = load(prof)
-        cfg = train.TrainConfig.from_params(p["train"])
-        assert cfg.backbone == p["model"]["backbone"]
-        assert cfg.pretrained == f"{p['model']['init_dir']}/clip.pt"  # training starts from the init stage's weights
-        for name, over in p["ablations"].items():
-            train.TrainConfig.from_params(p["train"], **over)  # unknown keys raise
+        cfg = train_config(p)
+        assert cfg.backbone == p["model"]["backbone"] and cfg.device == p["device"] and cfg.seed == p["seed"]
+        assert cfg.pretrained == str(ROOT / p["model"]["init_dir"] / "clip.pt")  # training starts from the init stage's weights
+        for name in p["ablations"]: train_config(p, ablation=name)  # unknown keys raise
+
+
+def test_paper_smoke_is_the_paper_profile_at_small_scale():
+    paper, smoke = load("params/paper.yaml"), load("params/paper-smoke.yaml")
+    assert keys(paper) == keys(smoke), keys(paper) ^ keys(smoke)
+    assert smoke["model"] == paper["model"] and smoke["prepare"] == paper["prepare"]
+    assert smoke["evaluate"]["datasets"] == paper["evaluate"]["datasets"]
+    assert smoke["evaluate"]["released_datasets"] == paper["evaluate"]["released_datasets"]
+    assert set(smoke["ablations"]) == set(paper["ablations"])
+    assert smoke["device"] == "cpu" and smoke["train"]["precision"] == "fp32" and smoke["train"]["compile"] is False
 
 
 @pytest.mark.parametrize("nb", PAPER_NBS, ids=lambda p: p.stem)
 def test_paper_notebook_defaults_equal_demo_profile(nb):
-    demo, paper = load("params.yaml")["paper"], load("params/paper.yaml")["paper"]
+    from qualiclip.pipeline import paper_params
     defaults = parameters_cell(nb)
-    assert defaults == demo[nb.stem], f"{nb.name}: parameters cell differs from params.yaml paper.{nb.stem}"
-    assert set(paper[nb.stem]) == set(defaults), f"params/paper.yaml paper.{nb.stem} must set the same parameters"
+    assert defaults == paper_params(load("params.yaml"), nb.stem), f"{nb.name}: parameters cell differs from the demo profile's"
+    for prof in ("params/paper.yaml", "params/paper-smoke.yaml"):
+        assert set(paper_params(load(prof), nb.stem)) == set(defaults), f"{prof} paper.{nb.stem} must give the same parameters"
 
 
 def test_every_paper_notebook_has_a_stage():
     dvc = load("dvc.yaml")["stages"]
     cmds = " ".join(s.get("cmd", "") if isinstance(s, dict) and "cmd" in s else "" for s in dvc.values())
-    for nb in PAPER_NBS: assert f"tools/paper.py {nb.stem}" in cmds, nb.stem
+    for nb in PAPER_NBS: assert f"qualiclip paper {nb.stem}" in cmds, nb.stem
 
 
 def test_nbdev_test_skips_paper_notebooks():
@@ -100,10 +111,27 @@ def test_nbdev_test_skips_paper_notebooks():
 
 def test_demo_stages():
     names = stage_list(ROOT)
-    for s in ["pristine", "prepare@demo", "init", "train", "evaluate_ours@demo", "evaluate_clipiqa@demo", "evaluate_niqe@demo",
-              "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations", "figure_levels", "gradcam", "gmad"]:
+    for s in ["pristine", "generate@demo", "index@demo", "init@random", "train", "evaluate_ours@demo", "evaluate_clipiqa@demo",
+              "evaluate_niqe@demo", "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations",
+              "figure_levels", "gradcam", "gmad"]:
         assert s in names, s
-    assert not any(n.startswith(("unpack@", "evaluate_released@")) for n in names)  # nothing of the paper's data in the demo
+    assert not any(n.startswith("evaluate_released@") for n in names)  # nothing of the paper's data in the demo
+
+
+def test_no_user_input_is_a_stage_output():
+    "DVC deletes a stage's outputs before running it: no path a user supplies may be one, in any profile."
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = []
+    for name, st in dvc.items():
+        body = st.get("do", st)
+        for o in body.get("outs", []) + body.get("metrics", []) + body.get("plots", []):
+            outs.append((name, next(iter(o)) if isinstance(o, dict) else o))
+    user = ("${prepare.root}", "${train.pristine}", "${evaluate.niqe_params}", "${evaluate.released_weights}", "${item}", "data/")
+    assert not [(n, o) for n, o in outs if n != "generate" and o.startswith(user)]
+    gen = dvc["generate"]["do"]["outs"]
+    assert [next(iter(o)) for o in gen] == ["${prepare.root}/${item}"] and dvc["generate"]["foreach"] == "${prepare.generated}"
+    for prof in ("params/paper.yaml", "params/paper-smoke.yaml"):
+        assert load(prof)["prepare"]["generated"] == [], prof   # in the paper profiles every dataset folder is the user's
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +150,16 @@ def test_paper_profile_stages(paper_repo):
     p = load("params/paper.yaml")
     for ds in p["evaluate"]["datasets"]:
         for m in ("ours", "clipiqa", "niqe", "released"): assert f"evaluate_{m}@{ds}" in names
-        assert f"prepare@{ds}" in names
-    assert "unpack@kadis700k" in names and "train" in names
+        assert f"index@{ds}" in names
+    assert "init@openai" in names and "train" in names
+    assert not any(n.startswith(("generate@", "prepare@", "unpack")) for n in names)
 
 
-def test_paper_profile_trains_on_the_import(paper_repo):
-    "data.dvc (KADIS-700k) -> unpack@kadis700k -> train, in the paper profile's DAG."
-    r = subprocess.run([DVC, "dag", "--dot", "train"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
+def test_paper_profile_depends_on_user_inputs(paper_repo):
+    "The user's files are dependencies: RN50.pt -> init, each dataset folder -> its index -> evaluation."
+    r = subprocess.run([DVC, "dag", "--dot"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '"data.dvc" -> "unpack@kadis700k"' in r.stdout and '"unpack@kadis700k" -> "train"' in r.stdout, r.stdout
+    assert '"index@koniq10k" -> "evaluate_ours@koniq10k"' in r.stdout and '"init@openai" -> "train"' in r.stdout, r.stdout
 
 
 def test_interrupted_training_resumes(tmp_path):
@@ -170,7 +199,7 @@ def test_interrupted_training_resumes(tmp_path):
     r = subprocess.run([DVC, "repro", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "--resume" in out                 # the command passed --resume because the checkpoint was there
+    assert "resuming" in out                 # the run folder's checkpoint had the same settings: it was resumed
     assert "step 1:" not in out and "step 40:" in out, out[-3000:]  # it continued, it did not start again at step 1
     m = json.loads((d / "run" / "metrics.json").read_text())
     assert m["step"] == 40
