@@ -721,10 +721,12 @@ def download(name:str, # a key of `DATASETS`
 
 # %% ../nbs/06_datasets.ipynb #a000acdb
 _PHOTO_CACHE = {}
+_MINI_SIZE = {'h': 48, 'w': 64}   # size of the miniatures' images; `miniature(..., size=)` sets it while it builds
 
-def _tiny(i:int, h:int=48, w:int=64) -> np.ndarray:
+def _tiny(i:int, h:int|None=None, w:int|None=None) -> np.ndarray:
     "A tiny uint8 RGB crop of a package photo, different for each i."
     from qualiclip.core import DEMO_PHOTOS
+    h, w = h or _MINI_SIZE['h'], w or _MINI_SIZE['w']
     names = sorted(DEMO_PHOTOS); nm = names[i % len(names)]
     if nm not in _PHOTO_CACHE: _PHOTO_CACHE[nm] = demo_photo(nm)
     a = _PHOTO_CACHE[nm]; H, W = a.shape[:2]
@@ -776,7 +778,7 @@ def _mini_flive(r, n, rng):
     names = [f'{subs[i % 4]}/{1000 + i}.jpg' if i % 4 != 3 else f'voc_emotic_ava/AVA__{2000 + i}.jpg' for i in range(n)]
     for i, nm in enumerate(names): _save(_tiny(i), r/'database'/nm, quality=90)
     mos = _scores(rng, n, 0, 100)
-    pd.DataFrame({'name': names, 'mos': mos, 'height': 48, 'width': 64}).to_csv(r/'labels_image.csv', index=False)
+    pd.DataFrame({'name': names, 'mos': mos, 'height': _MINI_SIZE['h'], 'width': _MINI_SIZE['w']}).to_csv(r/'labels_image.csv', index=False)
     patches = [f'{Path(nm).parent}/{Path(nm).stem}_patch_{k}.jpg' for nm in names for k in range(3)]
     pd.DataFrame({'name': patches, 'mos': _scores(rng, len(patches), 0, 100)}).to_csv(r/'labels_patch.csv', index=False)
     k = max(1, n//5)
@@ -882,6 +884,7 @@ def miniature(name:str, # a key of `DATASETS`
               root:str|Path, # folder to create (must not exist or be empty)
               n:int=6, # images (authentic) or references (synthetic, 2 distorted images each)
               seed:int=0, # seed of the scores and degradations
+              size:tuple=(48, 64), # (height, width) of its images (NIQE needs at least 96 px per side)
              ) -> Path:
     "Write a tiny copy of a dataset in its owners' real layout and metadata formats; built atomically."
     get_spec(name); root = Path(root)
@@ -893,7 +896,10 @@ def miniature(name:str, # a key of `DATASETS`
         if name == 'demo':
             from qualiclip.distortions import DISTORTIONS
             _build_demo(tmp, 'test', seed, size=32, types=list(DISTORTIONS)[:n])
-        else: _MINI[name](tmp, n, np.random.default_rng(seed))
+        else:
+            old = dict(_MINI_SIZE); _MINI_SIZE.update(h=int(size[0]), w=int(size[1]))
+            try: _MINI[name](tmp, n, np.random.default_rng(seed))
+            finally: _MINI_SIZE.update(old)
     return root
 
 # %% ../nbs/06_datasets.ipynb #f458a529

@@ -17,7 +17,7 @@ from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, 
 __all__ = ['DISK_SPACE', 'NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
            'pool_archive_members', 'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive',
            'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'pristine_cmd',
-           'init_weights', 'init_cmd', 'ablate_cmd', 'paper_params', 'paper_cmd']
+           'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e002
 def resolve(p:str|Path, # a path from a params file: relative to the repository root unless absolute
@@ -130,10 +130,10 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
     if niqe and ev.get('datasets') and not _is_demo_path(niqe, p):
         out.append(Input('NIQE parameters of the official release', str(niqe), resolve(niqe).is_file(),
                          f"download the NIQE release ({NIQE_RELEASE}) and copy its modelparameters.mat to {niqe}", '1 MB'))
-    rel = ev.get('released_weights')
-    if rel and ev.get('released_datasets'):
-        out.append(Input("the authors' released checkpoint", str(rel), resolve(rel).is_file(),
-                         f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
+    if ev.get('released_datasets'):
+        for name, rel in (ev.get('released') or {}).items():
+            out.append(Input(f"the authors' released checkpoint ({name})", str(rel), resolve(rel).is_file(),
+                             f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
     return out
 
 def check_cmd(params:str='params.yaml', # the profile
@@ -247,6 +247,7 @@ def standin_niqe_params(path:str|Path, # destination `.mat`
 def standin_cmd(params:str='params.yaml', # the profile
                 n:int=4, # images (authentic datasets) or references (synthetic ones) per miniature dataset
                 seed:int=0, # seed of the stand-ins
+                size:list[int]=[192, 256], # height and width of the miniatures' images (NIQE needs 96 px blocks)
                ) -> int:
     "Write a small stand-in, in the real format, for every missing input of the profile; inputs already there are never touched."
     from qualiclip.datasets import miniature
@@ -272,7 +273,7 @@ def standin_cmd(params:str='params.yaml', # the profile
         else:
             name = Path(i.path).name
             if dest.is_dir(): dest.rmdir()   # an empty folder only
-            miniature(name, dest, n=n, seed=seed); wrote.append(f"{i.path} (miniature in the owners' layout)")
+            miniature(name, dest, n=n, seed=seed, size=tuple(size)); wrote.append(f"{i.path} (miniature in the owners' layout)")
     for w in wrote: print(f"standin: wrote {w}")
     print(f"standin: {len(wrote)} stand-in(s) written" + ("" if wrote else "; every input was already there"))
     return 0
@@ -367,6 +368,42 @@ def ablate_cmd(name:str, # a key of `ablations:` in the profile
     m = train(cfg, resume='auto')
     print(f"ablation {name}: " + ", ".join(f"{k}={m[k]}" for k in ('step', 'val_srcc') if k in m)); return 0
 
+# %% ../nbs/13_pipeline.ipynb #c0a1e009
+def evaluate_models(params:str|dict='params.yaml', # the profile
+                   ) -> dict:
+    "Model name -> (scorer name, weights file, datasets): what the profile evaluates, each from its one place in the profile."
+    p = _params(params); ev, m, t = p.get('evaluate') or {}, p.get('model') or {}, p.get('train') or {}
+    ds = list(ev.get('datasets') or [])
+    out = {'ours': ('qualiclip', f"{t.get('out')}/qualiclip.pth", ds),
+           'clipiqa': ('clipiqa', f"{m.get('init_dir')}/qualiclip.pth", ds),
+           'niqe': ('niqe', ev.get('niqe_params'), ds)}
+    for name, f in (ev.get('released') or {}).items(): out[name] = ('qualiclip', f, list(ev.get('released_datasets') or []))
+    return out
+
+def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.released
+                     params:str='params.yaml', # the profile
+                    ) -> int:
+    "Evaluate one model of the profile on each of its datasets (one process, the model loaded once): `<evaluate.out>/<model>/<dataset>/`."
+    from qualiclip.evaluate import evaluate
+    from qualiclip.scoring import get_scorer
+    p = load_params(params); ev = p.get('evaluate') or {}; models = evaluate_models(p)
+    if model not in models: raise ValueError(f"No model {model!r} in this profile; it evaluates {sorted(models)}.")
+    kind, weights, datasets = models[model]
+    if not weights or not resolve(weights).exists():
+        raise FileNotFoundError(f"{weights}: the weights of {model} are not there; `qualiclip check` says how to get them.")
+    kw = {'niqe_params': str(resolve(weights))} if kind == 'niqe' else {'weights': str(resolve(weights))}
+    scorer = get_scorer(kind, device=p.get('device', 'auto'), **kw)
+    index, out = resolve((p.get('prepare') or {}).get('index', 'data/index')), resolve(ev.get('out', 'outputs/eval'))/model
+    failed = []
+    for d in datasets:
+        try:
+            m = evaluate(d, index/f'{d}.csv', scorer, split=ev.get('split', 'all'), out_dir=out/d,
+                         batch_size=int(ev.get('batch_size', 16)), workers=int(ev.get('workers', 0)), resume=False, progress=False)
+            if m.get('srcc') is None: failed.append(f"{d}: no correlation ({m.get('metrics_error') or 'every image failed'})")
+        except (ValueError, OSError) as e: failed.append(f"{d}: {e}")
+    for f in failed: print(f"evaluate-all {model}: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
 # %% ../nbs/13_pipeline.ipynb #c0a1e008
 def paper_params(params:str|dict, # the profile
                  name:str, # a paper notebook (nbs/paper/<name>.ipynb)
@@ -402,6 +439,14 @@ def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opi
     pars = paper_params(params, name)
     dest = resolve(out)/f'{name}.ipynb'; dest.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault('MPLBACKEND', 'Agg')
-    with atomic_path(dest) as t:
-        pm.execute_notebook(str(src), str(t), parameters=pars, kernel_name=kernel, cwd=str(root), progress_bar=False)
+    try:
+        with atomic_path(dest) as t:
+            try: pm.execute_notebook(str(src), str(t), parameters=pars, kernel_name=kernel, cwd=str(root), progress_bar=False)
+            except pm.PapermillExecutionError:
+                if t.exists(): shutil.copy(t, dest.with_suffix('.failed.ipynb'))
+                raise
+    except pm.PapermillExecutionError as e:
+        print(f"paper {name}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n(the executed notebook, with the traceback: "
+              f"{dest.with_suffix('.failed.ipynb')})", file=sys.stderr)
+        return 1
     print(f"{name}: executed -> {dest.relative_to(root) if dest.is_relative_to(root) else dest}"); return 0

@@ -95,7 +95,7 @@ def test_code_edits_rerun_what_they_affect(tmp_path):
     rc, out = run([DVC, "dag", "--dot", "table_ablations"], repo)
     assert '"ablate@full" -> "table_ablations"' in out
     rc, out = run([DVC, "dag", "--dot", "table_opinion_unaware"], repo)
-    assert '"train" -> "evaluate_ours@demo"' in out and '"evaluate_ours@demo" -> "table_opinion_unaware"' in out, out
+    assert '"train" -> "evaluate_ours"' in out and '"evaluate_ours" -> "table_opinion_unaware"' in out, out
 
 
 def test_changed_training_setting_starts_a_new_run(tmp_path):

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc"
 ENV = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 PAPER_NBS = sorted((ROOT / "nbs" / "paper").glob("*.ipynb"))
-OPEN_KEYS = {"ablations", "roots", "labels", "start"}  # dicts whose keys are data (names), not settings
+OPEN_KEYS = {"ablations", "roots", "labels", "start", "released"}  # dicts whose keys are data (names), not settings
 
 
 def load(p): return yaml.safe_load((ROOT / p).read_text())
@@ -111,8 +111,8 @@ def test_nbdev_test_skips_paper_notebooks():
 
 def test_demo_stages():
     names = stage_list(ROOT)
-    for s in ["pristine", "generate@demo", "index@demo", "init@random", "train", "evaluate_ours@demo", "evaluate_clipiqa@demo",
-              "evaluate_niqe@demo", "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations",
+    for s in ["pristine", "generate@demo", "index@demo", "init@random", "train", "evaluate_ours", "evaluate_clipiqa",
+              "evaluate_niqe", "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations",
               "figure_levels", "gradcam", "gmad"]:
         assert s in names, s
     assert not any(n.startswith("evaluate_released@") for n in names)  # nothing of the paper's data in the demo
@@ -126,7 +126,7 @@ def test_no_user_input_is_a_stage_output():
         body = st.get("do", st)
         for o in body.get("outs", []) + body.get("metrics", []) + body.get("plots", []):
             outs.append((name, next(iter(o)) if isinstance(o, dict) else o))
-    user = ("${prepare.root}", "${train.pristine}", "${evaluate.niqe_params}", "${evaluate.released_weights}", "${item}", "data/")
+    user = ("${prepare.root}", "${train.pristine}", "${evaluate.niqe_params}", "${item}", "data/")
     assert not [(n, o) for n, o in outs if n != "generate" and o.startswith(user)]
     gen = dvc["generate"]["do"]["outs"]
     assert [next(iter(o)) for o in gen] == ["${prepare.root}/${item}"] and dvc["generate"]["foreach"] == "${prepare.generated}"
@@ -148,10 +148,9 @@ def paper_repo(tmp_path_factory):
 def test_paper_profile_stages(paper_repo):
     names = stage_list(paper_repo)
     p = load("params/paper.yaml")
-    for ds in p["evaluate"]["datasets"]:
-        for m in ("ours", "clipiqa", "niqe", "released"): assert f"evaluate_{m}@{ds}" in names
-        assert f"index@{ds}" in names
-    assert "init@openai" in names and "train" in names
+    for ds in p["prepare"]["datasets"]: assert f"index@{ds}" in names
+    for m in ("ours", "clipiqa", "niqe"): assert f"evaluate_{m}" in names
+    assert "evaluate_released@released" in names and "init@openai" in names and "train" in names
     assert not any(n.startswith(("generate@", "prepare@", "unpack")) for n in names)
 
 
@@ -159,7 +158,8 @@ def test_paper_profile_depends_on_user_inputs(paper_repo):
     "The user's files are dependencies: RN50.pt -> init, each dataset folder -> its index -> evaluation."
     r = subprocess.run([DVC, "dag", "--dot"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '"index@koniq10k" -> "evaluate_ours@koniq10k"' in r.stdout and '"init@openai" -> "train"' in r.stdout, r.stdout
+    assert '"index@koniq10k" -> "evaluate_ours"' in r.stdout and '"init@openai" -> "train"' in r.stdout, r.stdout
+    assert '"index@koniq10k" -> "evaluate_released@released"' in r.stdout
 
 
 def test_interrupted_training_resumes(tmp_path):
