@@ -23,6 +23,7 @@ COMMANDS = {
     'level-order': 'qualiclip.train:level_order_cmd',
     'bench train': 'qualiclip.train:bench_train_cmd',
     'evaluate': 'qualiclip.evaluate:evaluate_cmd',
+    'evaluate-all': 'qualiclip.pipeline:evaluate_all_cmd',
     'prepare': 'qualiclip.datasets:prepare_cmd',
     'gradcam': 'qualiclip.gradcam:gradcam_cmd',
     'gmad': 'qualiclip.gmad:gmad_cmd',
