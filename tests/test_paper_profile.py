@@ -76,9 +76,9 @@ def test_hand_placed_dataset_survives_repro_and_its_index_follows_it(tmp_path):
 
 def _changed_by(repo: Path, module: str) -> set:
     "Stages whose recorded dependency `qualiclip/<module>` differs from the working tree (`dvc status --json`)."
-    rc, out = run([DVC, "status", "--json"], repo)
-    assert rc == 0, out
-    st = json.loads(out[out.index("{"):])
+    r = subprocess.run([DVC, "status", "--json"], cwd=repo, env=env_for(repo), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
     return {s for s, changes in st.items() for c in changes if isinstance(c, dict)
             and f"qualiclip/{module}" in (c.get("changed deps") or {})}
 
