@@ -7,7 +7,7 @@ __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'get_scorer', 'scor
            'bench_score_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
-import json, math, sys, tempfile, time
+import json, math, os, sys, tempfile, time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -105,8 +105,11 @@ def score_files(paths, # image files, folders or glob patterns
                 recursive:bool=False, # descend into sub-folders of folders
                 progress:bool=True, # show a tqdm progress bar
                 max_buffered:int|None=None, # images held across size buckets before the fullest is flushed (default 4*batch_size)
+                keep_on_interrupt:bool=False, # on Ctrl-C return the rows scored so far (the others marked) instead of raising
                ) -> pd.DataFrame:
     "Score files; one row per file in input order: path, score, width, height, error, model, higher_better."
+    if resize_short is not None and int(resize_short) < 1:
+        raise ValueError(f"resize_short={resize_short}: give a positive number of pixels, or None for native resolution.")
     items = _expand(paths, recursive)
     rows = [{'path': p, 'score': math.nan, 'width': math.nan, 'height': math.nan, 'error': e} for p, e in items]
     todo = [i for i, r in enumerate(rows) if not r['error']]
@@ -124,7 +127,10 @@ def score_files(paths, # image files, folders or glob patterns
         for idx, s in pending:
             try: vals = s.float().cpu().tolist()
             except Exception as e: fail(idx, e); continue
-            for j, v in zip(idx, vals): rows[j]['score'] = v
+            for j, v in zip(idx, vals):
+                if math.isfinite(v): rows[j]['score'] = v
+                else: rows[j]['error'] = (f"{rows[j]['path']}: the model gave a non-finite score ({v}); "
+                                          "check the checkpoint (NaN or inf weights?).")
         pending.clear()
 
     def flush(key):
@@ -136,18 +142,28 @@ def score_files(paths, # image files, folders or glob patterns
         except Exception as e: fail(idx, e)
         if len(pending) >= 8: collect()
 
+    interrupted = False
     with tqdm(total=len(todo), disable=not progress, desc=f'scoring ({getattr(scorer, "name", "model")})', unit='img') as bar:
-        for k, img, w, h, err in dl:
-            j = todo[k]
-            if err: rows[j]['error'] = err; bar.update(); continue
-            rows[j]['width'], rows[j]['height'] = w, h
-            key = tuple(img.shape[:2]); buckets.setdefault(key, []).append((j, img)); held += 1
-            if len(buckets[key]) >= batch_size: n = len(buckets[key]); flush(key); bar.update(n)
-            elif held > cap:
-                big = max(buckets, key=lambda q: len(buckets[q])); n = len(buckets[big]); flush(big); bar.update(n)
-        for key in list(buckets): n = len(buckets[key]); flush(key); bar.update(n)
-        collect(); bar.update(len(todo) - bar.n)
+        try:
+            for k, img, w, h, err in dl:
+                j = todo[k]
+                if err: rows[j]['error'] = err; bar.update(); continue
+                rows[j]['width'], rows[j]['height'] = w, h
+                key = tuple(img.shape[:2]); buckets.setdefault(key, []).append((j, img)); held += 1
+                if len(buckets[key]) >= batch_size: n = len(buckets[key]); flush(key); bar.update(n)
+                elif held > cap:
+                    big = max(buckets, key=lambda q: len(buckets[q])); n = len(buckets[big]); flush(big); bar.update(n)
+            for key in list(buckets): n = len(buckets[key]); flush(key); bar.update(n)
+            collect(); bar.update(len(todo) - bar.n)
+        except KeyboardInterrupt:
+            if not keep_on_interrupt: raise
+            interrupted = True
+            try: collect()   # what was computed before the interruption is kept
+            except KeyboardInterrupt: pass
+            for r in rows:
+                if not r['error'] and not math.isfinite(r['score']): r['error'] = 'not scored: interrupted'
     df = pd.DataFrame(rows, columns=['path', 'score', 'width', 'height', 'error'])
+    df.attrs['interrupted'] = interrupted
     df['width'], df['height'] = df.width.astype('Int64'), df.height.astype('Int64')
     df['model'] = getattr(scorer, 'name', type(scorer).__name__)
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
@@ -181,19 +197,48 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns
               recursive:bool=False, # descend into sub-folders
               random_init:bool=False, # score with random weights (experiments only; scores are meaningless)
              ) -> int:
-    "Score images and write a CSV; exit code 1 if any file failed (after writing all rows), 2 if the scorer cannot be built."
-    try: scorer = get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
-                             random_init=random_init, device=device)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    """Score images and write a CSV (UTF-8; bytes of file names that are not UTF-8 written as \\x escapes).
+    Exit codes: 0 all scored, 1 some files failed (every row still written), 2 usage or input error (nothing scored),
+    130 interrupted (the rows scored so far written, the others marked 'not scored: interrupted')."""
+    try:
+        _check_out(out)
+        if resize_short is not None and resize_short < 1: raise ValueError(f"--resize-short {resize_short}: give a positive number of pixels.")
+        scorer = get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"qualiclip score: error: {e}", file=sys.stderr); return 2
     df = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=resize_short,
-                     recursive=recursive, progress=True)
-    with atomic_path(out) as t: df.to_csv(t, index=False)
-    print(_ranked_table(df))
+                     recursive=recursive, progress=True, keep_on_interrupt=True)
+    df['path'] = df.path.map(_printable)   # file names that are not UTF-8: their bytes as \\xNN, the CSV stays UTF-8
+    df['error'] = df.error.map(_printable)
+    with atomic_path(out) as t: df.to_csv(t, index=False, encoding='utf-8', errors='backslashreplace')
+    _print_safe(_ranked_table(df))
     nbad = int(df.score.isna().sum())
-    print(f"{len(df) - nbad} scored, {nbad} failed ({scorer.name}, {'higher' if df.higher_better.iloc[0] else 'lower'} "
-          f"is better) -> {out}")
+    _print_safe(f"{len(df) - nbad} scored, {nbad} failed ({scorer.name}, {'higher' if df.higher_better.iloc[0] else 'lower'} "
+                f"is better) -> {out}")
+    if df.attrs.get('interrupted'):
+        print(f"qualiclip score: interrupted; the rows scored so far are in {out}", file=sys.stderr); return 130
     return 1 if nbad else 0
+
+def _printable(p) -> str:
+    "A file name (or a message holding one) as valid UTF-8 text: undecodable bytes shown as \\xNN escapes."
+    if not isinstance(p, str): return p
+    try: return os.fsencode(p).decode('utf-8', 'backslashreplace')
+    except (UnicodeError, ValueError): return p.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+def _print_safe(text:str, file=None) -> None:
+    "Print text whose file names may hold bytes the terminal's encoding cannot show (escaped instead of failing)."
+    f = file or sys.stdout; enc = getattr(f, 'encoding', None) or 'utf-8'
+    print(text.encode(enc, 'backslashreplace').decode(enc, 'replace'), file=f)
+
+def _check_out(out:str) -> None:
+    "Fail before any work when the output CSV cannot be written (a folder, or a folder that cannot be written to)."
+    p = Path(out)
+    if p.is_dir(): raise ValueError(f"--out {out} is a folder; give a CSV file name, e.g. {p/'scores.csv'}.")
+    parent = p.parent if str(p.parent) else Path('.')
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: the folder {parent} cannot be written to; choose another --out.")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PermissionError(f"--out {out}: the file cannot be replaced (read-only); choose another --out.")
 
 # %% ../nbs/03a_scoring.ipynb #35c031d4
 def synthetic_jpegs(out_dir:str|Path, # folder to write into

@@ -50,3 +50,72 @@ def test_unpacking_never_replaces_a_folder_with_a_file(tmp_path):
         safe_extract(z, root)
     assert (root / "kadid10k" / "mine" / "n.txt").read_text() == "notes"
     assert sorted(p.name for p in root.iterdir()) == ["kadid10k"]      # no temporary folder left behind
+
+
+def _two_pngs(folder):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate((b"ok.png", b"bad\xff.png")):   # the second name is not valid UTF-8
+        with open(os.path.join(os.fsencode(str(folder)), name), "wb") as f: Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(f, "PNG")
+
+
+SCORE = ["score", "--random-init", "--backbone", "qualiclip-tiny", "--device", "cpu"]
+
+
+def test_score_writes_file_names_that_are_not_utf8(tmp_path):
+    "A file name that is not UTF-8 is scored and written (its bytes escaped); the CSV is valid UTF-8."
+    _two_pngs(tmp_path / "imgs")
+    rc, out = q(*SCORE, tmp_path / "imgs", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    assert rc == 0, out[-2000:]
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "s.csv", encoding="utf-8")
+    assert len(df) == 2 and df.score.notna().all()
+    assert any(p.endswith("bad\\xff.png") for p in df.path), df.path.tolist()
+
+
+def test_score_checks_out_before_scoring(tmp_path):
+    "--out naming a folder fails at once with exit 2, naming it; nothing is scored."
+    _two_pngs(tmp_path / "imgs"); (tmp_path / "outdir").mkdir()
+    rc, out = q(*SCORE, tmp_path / "imgs", "--out", tmp_path / "outdir", cwd=tmp_path)
+    assert rc == 2 and "is a folder" in out and str(tmp_path / "outdir") in out, out[-2000:]
+    assert "scored" not in out
+    rc, out = q(*SCORE, tmp_path / "imgs", "--out", tmp_path / "s.csv", "--resize-short", "-5", cwd=tmp_path)
+    assert rc == 2 and "--resize-short -5" in out and not (tmp_path / "s.csv").exists(), out[-2000:]
+
+
+def test_score_keeps_rows_on_interrupt(tmp_path, monkeypatch):
+    "Ctrl-C during scoring writes the rows scored so far, marks the others, and exits 130."
+    import torch
+    from qualiclip import scoring
+    calls = []
+    class Fake:
+        name, device, higher_better = "fake", torch.device("cpu"), True
+        def score_batch(self, x):
+            calls.append(len(x))
+            if len(calls) == 2: raise KeyboardInterrupt
+            return x.float().mean(dim=(1, 2, 3))
+    monkeypatch.setitem(scoring.SCORERS, "fake", lambda **kw: Fake())
+    from PIL import Image
+    (tmp_path / "imgs").mkdir()
+    for i in range(4): Image.new("RGB", (32 + 32 * (i % 2), 32), (i * 50, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    rc = scoring.score_cmd([str(tmp_path / "imgs")], model="fake", out=str(tmp_path / "s.csv"), batch_size=2)
+    assert rc == 130
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert len(df) == 4 and df.score.notna().sum() == 2
+    assert (df.error[df.score.isna()] == "not scored: interrupted").all()
+
+
+def test_nan_checkpoint_names_the_reason(tmp_path):
+    "A checkpoint full of NaN gives failed rows whose error says why, not an empty error column."
+    import torch
+    from qualiclip.model import random_official_checkpoint
+    ck = random_official_checkpoint(tmp_path / "nan.pth", "qualiclip-tiny")
+    sd = torch.load(ck, weights_only=True)
+    torch.save({k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in sd.items()}, ck)
+    _two_pngs(tmp_path / "imgs")
+    rc, out = q("score", tmp_path / "imgs", "--weights", ck, "--device", "cpu", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert rc == 1 and df.score.isna().all(), out[-2000:]
+    assert df.error.str.contains("non-finite score").all(), df.error.tolist()
