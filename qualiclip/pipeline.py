@@ -41,10 +41,9 @@ def train_config(params:str|dict='params.yaml', # params file or dict (the profi
     model = p.get('model') or {}
     shared = {'backbone': model.get('backbone'), 'device': p.get('device'), 'seed': p.get('seed'),
               'pretrained': f"{model['init_dir']}/clip.pt" if model.get('init_dir') else None}
+    source = {'backbone': 'model.backbone', 'device': 'device', 'seed': 'seed', 'pretrained': 'model.init_dir'}
     dup = sorted(k for k in shared if k in t and shared[k] is not None)
-    if dup: raise ValueError(f"train.{dup[0]} is set in two places: it comes from "
-                             f"{ {'backbone': 'model.backbone', 'device': 'device', 'seed': 'seed', 'pretrained': 'model.init_dir'}[dup[0]]}; "
-                             f"remove it from the train: section.")
+    if dup: raise ValueError(f"train.{dup[0]} is set in two places: it comes from {source[dup[0]]}; remove it from the train: section.")
     cfg = {**{k: v for k, v in shared.items() if v is not None}, **t}
     if ablation is not None:
         abl = p.get('ablations') or {}
@@ -262,7 +261,7 @@ def standin_cmd(params:str='params.yaml', # the profile
             continue
         if i.what.startswith('KADIS'):
             arc = (p.get('pristine') or {}).get('pool_archive')
-            if arc: standin_pool_archive(resolve(arc)); wrote.append(f"{arc} (KADIS-700k-layout archive, {6} demo photos)")
+            if arc: standin_pool_archive(resolve(arc)); wrote.append(f"{arc} (KADIS-700k-layout archive of demo photos)")
             else: unpack_pool(standin_pool_archive(dest.parent/'.standin-kadis700k.zip'), dest); wrote.append(i.path)
         elif i.what.startswith('CLIP starting weights'):
             standin_openai_weights(dest, backbone, seed); wrote.append(f"{i.path} (random {backbone}, TorchScript)")
@@ -369,13 +368,16 @@ def ablate_cmd(name:str, # a key of `ablations:` in the profile
     print(f"ablation {name}: " + ", ".join(f"{k}={m[k]}" for k in ('step', 'val_srcc') if k in m)); return 0
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e009
+def _checkpoints(p:dict) -> tuple[str, str]:
+    "(our trained checkpoint, the starting weights in the official layout): where the profile puts them."
+    return f"{(p.get('train') or {}).get('out')}/qualiclip.pth", f"{(p.get('model') or {}).get('init_dir')}/qualiclip.pth"
+
 def evaluate_models(params:str|dict='params.yaml', # the profile
                    ) -> dict:
     "Model name -> (scorer name, weights file, datasets): what the profile evaluates, each from its one place in the profile."
-    p = _params(params); ev, m, t = p.get('evaluate') or {}, p.get('model') or {}, p.get('train') or {}
-    ds = list(ev.get('datasets') or [])
-    out = {'ours': ('qualiclip', f"{t.get('out')}/qualiclip.pth", ds),
-           'clipiqa': ('clipiqa', f"{m.get('init_dir')}/qualiclip.pth", ds),
+    p = _params(params); ev = p.get('evaluate') or {}
+    ds = list(ev.get('datasets') or []); ours, start = _checkpoints(p)
+    out = {'ours': ('qualiclip', ours, ds), 'clipiqa': ('clipiqa', start, ds),
            'niqe': ('niqe', ev.get('niqe_params'), ds)}
     for name, f in (ev.get('released') or {}).items(): out[name] = ('qualiclip', f, list(ev.get('released_datasets') or []))
     return out
@@ -412,11 +414,10 @@ def paper_params(params:str|dict, # the profile
     p = _params(params)
     sec = (p.get('paper') or {}).get(name)
     if sec is None: raise ValueError(f"The params have no section paper.{name}; add it (see params.yaml).")
-    prep, ev, m, t = p.get('prepare') or {}, p.get('evaluate') or {}, p.get('model') or {}, p.get('train') or {}
-    root = str(prep.get('root', 'data/datasets')).rstrip('/')
+    prep, ev = p.get('prepare') or {}, p.get('evaluate') or {}
+    root = str(prep.get('root', 'data/datasets')).rstrip('/'); ours, start = _checkpoints(p)
     shared = {'eval_dir': ev.get('out'), 'device': p.get('device'), 'seed': p.get('seed'),
-              'weights': f"{t.get('out')}/qualiclip.pth", 'clip_weights': f"{m.get('init_dir')}/qualiclip.pth",
-              'clipiqa_weights': f"{m.get('init_dir')}/qualiclip.pth",
+              'weights': ours, 'clip_weights': start, 'clipiqa_weights': start,
               'runs_dir': p.get('ablations_dir'), 'roots': {d: f"{root}/{d}" for d in prep.get('datasets') or []}}
     keys = {'T1_opinion_unaware': ['eval_dir', 'seed'], 'T2_cross_dataset': ['roots', 'weights', 'clip_weights', 'device', 'seed'],
             'T3_ablations': ['runs_dir', 'device', 'seed'], 'F1_levels': ['eval_dir'],

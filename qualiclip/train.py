@@ -483,6 +483,8 @@ def move_aside(folder:str|Path, # a run folder
     while dest.exists(): dest, k = folder.with_name(f'{folder.name}.prev-{stamp}-{k}'), k + 1
     os.replace(folder, dest); return dest
 
+_RUN_MARKERS = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json', 'dvclive')  # what `fit` writes into a run folder
+
 def resume_decision(cfg:TrainConfig, # the run's settings
                     resume:bool|str='auto', # 'auto', 'yes' (True) or 'no' (False)
                    ) -> tuple[bool, str]:
@@ -492,6 +494,9 @@ def resume_decision(cfg:TrainConfig, # the run's settings
     out = Path(cfg.out); ck = out/'checkpoint.pt'
     if r == 'yes': return True, f"resuming {ck}"
     if not out.is_dir() or not any(out.iterdir()): return False, ''
+    if not any((out/m).exists() for m in _RUN_MARKERS):   # only a folder a training run wrote is ever moved
+        raise ValueError(f"{out} holds files but no training run ({', '.join(_RUN_MARKERS)}); nothing was moved. "
+                         "Give a new or empty --out folder.")
     if r == 'auto' and ck.is_file():
         try: saved = torch.load(ck, map_location='cpu', weights_only=True)['config']
         except Exception as e: saved, why = None, f"its checkpoint cannot be read ({type(e).__name__}: {e})"

@@ -119,3 +119,14 @@ def test_nan_checkpoint_names_the_reason(tmp_path):
     df = pd.read_csv(tmp_path / "s.csv")
     assert rc == 1 and df.score.isna().all(), out[-2000:]
     assert df.error.str.contains("non-finite score").all(), df.error.tolist()
+
+
+def test_train_never_moves_a_folder_it_did_not_write(tmp_path):
+    "`--out` naming a folder of the user's (files, no training run in it) is refused; nothing there is moved."
+    mine = tmp_path / "photos"; mine.mkdir(); (mine / "holiday.jpg").write_bytes(b"the user's photo")
+    rc, out = q("train", "--backbone", "qualiclip-tiny", "--pretrained", "none", "--crop", "64", "--levels", "2",
+                "--batch-size", "2", "--steps", "1", "--val-repeats", "1", "--device", "cpu", "--out", mine,
+                "--no-progress", cwd=tmp_path, timeout=240)
+    assert rc == 2 and "holds files but no training run" in out and str(mine) in out, out[-2000:]
+    assert (mine / "holiday.jpg").read_bytes() == b"the user's photo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]          # no photos.prev-* beside it

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd: list, cwd: Path, env: dict, log=None) -> tuple[int, str, list]:
+def sh(cmd: list, cwd: Path, env: dict) -> tuple[int, str, list]:
     "Run a command, echoing its output with the time of each line; return (rc, output, [(t, line)])."
     t0 = time.time(); lines = []
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     scratch = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix='qualiclip-paper-smoke.'))
     repo = scratch / 'repo'
-    if repo.exists(): shutil.rmtree(repo)
+    if repo.exists():   # never delete a folder this run did not create
+        print(f"paper-smoke: {repo} already exists; give --keep a new folder (or remove it yourself)", file=sys.stderr)
+        return 2
     files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split('\0')
     for f in filter(None, files):
@@ -60,12 +62,9 @@ def main(argv=None) -> int:
     for c in (['git', 'init', '-q'], ['git', 'add', '-A'], ['git', 'commit', '-qm', 'paper-smoke scratch copy']):
         subprocess.run(c, cwd=repo, env=env, check=True)
     q = str(BIN / 'qualiclip'); dvc = str(BIN / 'dvc')
-    steps, times, t_all = [('standin', [q, 'standin', '--params', 'params.yaml']),
-                           ('check', [q, 'check', '--params', 'params.yaml']),
-                           ('unpack', [q, 'unpack', '--params', 'params.yaml']),
-                           ('dvc repro', [dvc, 'repro']),
-                           ('dvc repro (again)', [dvc, 'repro'])], [], time.time()
-    stages = []
+    steps = [('standin', [q, 'standin', '--params', 'params.yaml']), ('check', [q, 'check', '--params', 'params.yaml']),
+             ('unpack', [q, 'unpack', '--params', 'params.yaml']), ('dvc repro', [dvc, 'repro']), ('dvc repro (again)', [dvc, 'repro'])]
+    times, stages, t_all = [], [], time.time()
     for name, cmd in steps:
         print(f"\n=== {name}: {' '.join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))}", flush=True)
         t0 = time.time(); rc, out, lines = sh(cmd, repo, env); dt = time.time() - t0
