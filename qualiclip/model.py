@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'TINY_CFG', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
-           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
-           'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint']
+           'TINY_CONFIG', 'TINY_CFG', 'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config',
+           'WeightsUnavailableError', 'create_clip', 'attnpool_nopos', 'resnet_min_side', 'check_prompts',
+           'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config', 'prompt_features_gap', 'randomize_',
+           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import json, logging, math, os, socket, tempfile, threading, zipfile
@@ -57,12 +58,13 @@ class WeightsUnavailableError(RuntimeError):
 
 def _network_up(host:str='huggingface.co', # host to probe
                 timeout:float=3.0, # seconds before giving up
+                port:int=443, # port to probe
                ) -> bool:
-    "Whether a TCP connection to `host:443` opens within `timeout` seconds (DNS included)."
+    "Whether a TCP connection to `host:port` opens within `timeout` seconds (DNS included)."
     if os.environ.get('HF_HUB_OFFLINE', '0').lower() in ('1', 'true', 'yes', 'on'): return False
     ok = []
     def probe():
-        try: socket.create_connection((host, 443), timeout=timeout).close(); ok.append(True)
+        try: socket.create_connection((host, port), timeout=timeout).close(); ok.append(True)
         except OSError: pass
     t = threading.Thread(target=probe, daemon=True); t.start(); t.join(timeout + 0.5)
     return bool(ok)
@@ -485,3 +487,67 @@ def random_official_checkpoint(path:str|Path, # destination file
     sd['prompts_features'] = encode_prompts(clip, PROMPTS, backbone)
     with atomic_path(path) as tmp: torch.save(sd, tmp)
     return Path(path)
+
+# %% ../nbs/03_model.ipynb #5f4112f2
+RELEASED_URL = 'https://github.com/miccunifi/QualiCLIP/releases/download/weights/qualiclip.pth'
+RELEASED_SHA256 = None  # the release publishes no digest; set it to pin one (else the first download's is recorded)
+
+class ClipNormalisedQualiCLIP(nn.Module):
+    "The authors' hub convention: `model(x)`, `x` (B,3,H,W) normalised with CLIP's mean/std, gives scores (B,) in [0,1]."
+    def __init__(self, model:QualiCLIP, # the scorer (its own input is in [0,1])
+                ):
+        super().__init__(); self.model = model
+    def forward(self, x:torch.Tensor, # batch normalised with `CLIP_MEAN`/`CLIP_STD`
+               ) -> torch.Tensor:
+        return self.model.score_batch(x * self.model.std.to(x) + self.model.mean.to(x))
+
+def _sha256(path:str|Path, # file to hash
+           ) -> str:
+    "Hex SHA-256 of a file."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
+    return h.hexdigest()
+
+def _proxy_for(url:str, # the URL to fetch
+              ) -> tuple[str, int]:
+    "(host, port) a download of `url` connects to first: the proxy urllib would use, else the server."
+    import urllib.parse, urllib.request
+    u = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(u.scheme)
+    if proxy and not urllib.request.proxy_bypass(u.hostname or ''):
+        p = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+        return p.hostname or '', p.port or (443 if p.scheme == 'https' else 80)
+    return u.hostname or '', u.port or 443
+
+def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None: torch.hub's `checkpoints/` folder)
+                        sha256:str|None=RELEASED_SHA256, # expected SHA-256 (None: the one recorded at the first download)
+                        timeout:float=1.0, # seconds to wait for a connection before giving up
+                       ) -> Path:
+    "Path of the authors' released `qualiclip.pth`: downloaded once with torch.hub, its SHA-256 checked."
+    d = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir())/'checkpoints'
+    f = d/'qualiclip.pth'; rec = d/'qualiclip.pth.sha256'
+    how = (f"Download qualiclip.pth yourself from {RELEASED_URL} (licence CC BY-NC 4.0) and pass the file: "
+           "torch.hub.load(repo, 'QualiCLIP', weights='/path/to/qualiclip.pth'), or --weights /path/to/qualiclip.pth.")
+    if not f.is_file():
+        host, port = _proxy_for(RELEASED_URL)
+        if not _network_up(host, timeout, port):
+            raise WeightsUnavailableError(f"The released QualiCLIP checkpoint is not in {d} and cannot be downloaded "
+                                          f"(no network, or HF_HUB_OFFLINE=1). {how}")
+        d.mkdir(parents=True, exist_ok=True)
+        old = socket.getdefaulttimeout(); socket.setdefaulttimeout(60)
+        try: torch.hub.download_url_to_file(RELEASED_URL, str(f), hash_prefix=sha256, progress=True)  # temp file, then rename
+        except (OSError, RuntimeError, ValueError) as e:   # URLError is an OSError; a digest mismatch a RuntimeError
+            raise WeightsUnavailableError(f"Downloading {RELEASED_URL} failed ({type(e).__name__}: {str(e)[:200]}). {how}") from None
+        finally: socket.setdefaulttimeout(old)
+        if sha256 is None:
+            with atomic_path(rec) as t: t.write_text(_sha256(f) + '\n')
+        return f
+    want = sha256 or (rec.read_text().strip() if rec.is_file() else None)
+    if want:
+        got = _sha256(f)
+        if not got.startswith(want.lower()):
+            raise ValueError(f"{f}: SHA-256 {got} does not match {want} (a damaged or different file); delete it and "
+                             f"load again to download it afresh, or pass a file you trust with weights=.")
+    return f

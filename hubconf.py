@@ -1,0 +1,47 @@
+"""torch.hub entry points, called like the authors' own:
+
+    model = torch.hub.load('<this repository>', 'QualiCLIP')                       # the released weights
+    model = torch.hub.load('/path/to/repo', 'QualiCLIP', source='local', weights='qualiclip.pth')
+    scores = model(x)   # x: (B,3,H,W) RGB normalised with CLIP's mean and std; scores (B,) in [0,1], higher is better
+
+The model scores images at their native size (no resize, no crop). `model.model` is the underlying
+`qualiclip.model.QualiCLIP` (inputs in [0,1], `score`, `export_official`, ...).
+"""
+import os as _os, sys as _sys
+
+dependencies = ['torch', 'open_clip']
+
+_REPO = _os.path.dirname(_os.path.abspath(__file__))
+if _REPO not in _sys.path: _sys.path.insert(0, _REPO)
+import qualiclip.model as _qm   # imported now: torch.hub drops the repository from sys.path after loading this file
+
+
+def _device(device): return 'cpu' if device is None else device
+
+
+def QualiCLIP(pretrained=True, weights=None, device=None):
+    """QualiCLIP (CLIP RN50, position-free attention pool, 7 antonym prompt pairs); `model(x)` takes CLIP-normalised images.
+
+    pretrained: True downloads the authors' released qualiclip.pth once into torch.hub's cache (SHA-256 checked);
+        False gives the same architecture with random weights
+    weights: a local checkpoint in the official layout (the released file, or one of ours); wins over `pretrained`
+    device: where the model lives: None (the CPU), 'cpu', 'cuda', 'auto', ...
+    """
+    if weights is None and pretrained: weights = _qm.released_checkpoint()
+    if weights is None: model = _qm.QualiCLIP(_qm.DEFAULT_BACKBONE).to(_qm.get_device(_device(device)))
+    else: model = _qm.QualiCLIP.from_checkpoint(weights, device=_device(device))
+    return _qm.ClipNormalisedQualiCLIP(model).eval()
+
+
+def QualiCLIP_run(run='runs/demo', device=None):
+    """A QualiCLIP model trained by this repository: `run` is a run folder (holding qualiclip.pth) or a checkpoint file.
+
+    run: a path, relative to the repository (or absolute): e.g. 'runs/demo' or 'runs/ablations/no_cons/qualiclip.pth'
+    device: where the model lives: None (the CPU), 'cpu', 'cuda', 'auto', ...
+    """
+    p = run if _os.path.isabs(run) else _os.path.join(_REPO, run)
+    if _os.path.isdir(p): p = _os.path.join(p, 'qualiclip.pth')
+    if not _os.path.isfile(p):
+        raise FileNotFoundError(f"{p}: no trained checkpoint there; train one first (`make repro`, or `qualiclip train`) "
+                                "or pass a run folder / .pth file that exists.")
+    return QualiCLIP(pretrained=False, weights=p, device=device)
