@@ -13,9 +13,10 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'load_params', 'seed_everything', 'get_device',
+__all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'load_params', 'seed_everything', 'get_device',
            'make_generator', 'atomic_path', 'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil',
-           'resize_short_side', 'load_image', 'save_image', 'list_images', 'demo_photo', 'write_demo_photos']
+           'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
+           'write_demo_photos']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -91,7 +92,12 @@ def atomic_path(path:str|Path, # final destination (file or folder)
         raise
 
 # %% ../nbs/00_core.ipynb #8ab971e2
-IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
+IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif'}  # GIF: the first frame is read
+PLUGIN_EXTS = {'.heic': 'pillow-heif', '.heif': 'pillow-heif', '.avif': 'pillow-avif-plugin'}  # listed; read when the plug-in is installed
+
+try:  # HEIC/HEIF photos (phones) are read when the optional plug-in is installed; otherwise their rows say how to get it
+    from pillow_heif import register_heif_opener; register_heif_opener()
+except ImportError: pass
 
 class ImageReadError(ValueError):
     "An image file that cannot be read; the message names the file and what to do."
@@ -130,6 +136,9 @@ def load_pil(path:str|Path, # image file
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img, alpha)
     except UnidentifiedImageError:
+        if p.suffix.lower() in PLUGIN_EXTS:
+            raise ImageReadError(f"{p}: {p.suffix.lstrip('.').upper()} images need a Pillow plug-in: "
+                                 f"pip install {PLUGIN_EXTS[p.suffix.lower()]}, or convert the file to JPEG/PNG.") from None
         raise ImageReadError(f"{p}: not a readable image (unknown or corrupt format); replace or remove it.") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{p}: cannot decode the image ({e}); the file may be truncated or corrupt.") from None
@@ -178,28 +187,54 @@ def save_image(x:torch.Tensor|Image.Image, # (3,H,W) tensor in [0,1] or a PIL im
     return path
 
 # %% ../nbs/00_core.ipynb #0ebfeaf9
-def list_images(paths:list|str|Path, # files, folders or glob patterns
+def _scan_folder(root:Path, recursive:bool) -> list[tuple[Path, str]]:
+    "(file, error) rows for the image files of a folder; unlistable folders and broken links become error rows."
+    rows, wanted = [], IMAGE_EXTS | set(PLUGIN_EXTS)
+    def unlistable(e): rows.append((Path(e.filename or root), f"{e.filename or root}: cannot list the folder "
+                                    f"({e.strerror or e}); fix its permissions, or leave it out."))
+    for d, subs, files in os.walk(root, onerror=unlistable):
+        subs[:] = sorted(s for s in subs if not s.startswith('.')) if recursive else []
+        for n in sorted(files):
+            f = Path(d)/n
+            if n.startswith('.') or f.suffix.lower() not in wanted: continue
+            if f.is_symlink() and not f.exists():
+                rows.append((f, f"{f}: broken symbolic link (to {os.readlink(f)}); fix or remove it.")); continue
+            rows.append((f, ''))
+    return sorted(rows, key=lambda r: str(r[0]))
+
+def scan_images(paths:list|str|Path, # files, folders or glob patterns
                 recursive:bool=False, # descend into sub-folders of folders
-               ) -> list[Path]:
-    "Expand files, folders and globs into a sorted, de-duplicated list of image files."
+               ) -> list[tuple[Path, str]]:
+    "Expand files, folders and globs into sorted, de-duplicated (file, error) rows; a problem inside a folder is a row, not an exception."
     if isinstance(paths, (str, Path)): paths = [paths]
     out = []
     for p in map(str, paths):
         if any(ch in p for ch in '*?['):
             hits = [Path(h) for h in sorted(glob.glob(p, recursive=True))]
             if not hits: raise FileNotFoundError(f"The pattern {p!r} matches no file.")
-            out += [h for h in hits if h.is_file()]
-        elif Path(p).is_dir():
-            it = Path(p).rglob('*') if recursive else Path(p).iterdir()
-            out += sorted(f for f in it if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith('.'))
-        elif Path(p).exists(): out.append(Path(p))
+            out += [(h, '') for h in hits if h.is_file()]
+        elif Path(p).is_dir(): out += _scan_folder(Path(p), recursive)
+        elif Path(p).exists(): out.append((Path(p), ''))
+        elif Path(p).is_symlink(): out.append((Path(p), f"{p}: broken symbolic link (to {os.readlink(p)}); fix or remove it."))
         else: raise FileNotFoundError(f"{p}: no such file or folder; check the path.")
     seen, res = set(), []
-    for f in out:
-        k = f.resolve()
-        if k not in seen: seen.add(k); res.append(f)
-    if not res: raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTS))}) found in {', '.join(map(str, paths))}"
-                                        + ("" if recursive else "; use --recursive for sub-folders") + ".")
+    for f, e in out:
+        k = f.resolve() if not e else f.absolute()
+        if k not in seen: seen.add(k); res.append((f, e))
+    if not res: raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTS | set(PLUGIN_EXTS)))}) found in "
+                                        f"{', '.join(map(str, paths))}" + ("" if recursive else "; use --recursive for sub-folders") + ".")
+    return res
+
+def list_images(paths:list|str|Path, # files, folders or glob patterns
+                recursive:bool=False, # descend into sub-folders of folders
+               ) -> list[Path]:
+    "Expand files, folders and globs into a sorted, de-duplicated list of image files; what cannot be listed is warned about and left out."
+    rows = scan_images(paths, recursive)
+    bad = [e for _, e in rows if e]
+    if bad: warnings.warn(f"{len(bad)} item(s) left out: " + ' '.join(bad[:3]) + (' ...' if len(bad) > 3 else ''))
+    res = [f for f, e in rows if not e]
+    if not res: raise FileNotFoundError(f"No readable image files in {', '.join(map(str, paths if isinstance(paths, list) else [paths]))}: "
+                                        + ' '.join(bad[:3]))
     return res
 
 # %% ../nbs/00_core.ipynb #50207d2a

@@ -130,3 +130,72 @@ def test_train_never_moves_a_folder_it_did_not_write(tmp_path):
     assert rc == 2 and "holds files but no training run" in out and str(mine) in out, out[-2000:]
     assert (mine / "holiday.jpg").read_bytes() == b"the user's photo"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]          # no photos.prev-* beside it
+
+
+def _without_dac():
+    "Command prefix that runs a program without the capabilities that let root ignore file permissions."
+    if os.geteuid() != 0: return []
+    import shutil
+    if not shutil.which("setpriv"): pytest.skip("running as root without setpriv: root reads any folder, so this case cannot be built")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+
+
+def test_unlistable_folder_is_a_row_not_an_abort(tmp_path):
+    "A folder that cannot be listed gets one error row naming it; the other images are scored (exit 1), with or without --recursive."
+    from PIL import Image
+    imgs = tmp_path / "imgs"; (imgs / "locked").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(imgs / "a.png")
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(imgs / "locked" / "b.png")
+    os.chmod(imgs / "locked", 0)
+    try:
+        for args in ([imgs, "--recursive"], [imgs / "locked", imgs / "a.png"]):
+            r = subprocess.run([*_without_dac(), Q, *SCORE, *map(str, args), "--out", str(tmp_path / "s.csv")], env=ENV,
+                               capture_output=True, text=True, timeout=300)
+            import pandas as pd
+            df = pd.read_csv(tmp_path / "s.csv")
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert df.score.notna().sum() == 1 and df.path.str.endswith("a.png").any()
+            bad = df[df.score.isna()]
+            assert len(bad) == 1 and bad.error.iloc[0].startswith(str(imgs / "locked")) and "cannot list the folder" in bad.error.iloc[0]
+    finally:
+        os.chmod(imgs / "locked", 0o755)
+
+
+def test_huge_png_is_refused_before_decoding(tmp_path):
+    "Two 12000x12000 PNGs (a few hundred KB each) get error rows at native resolution, without decoding; resized, they are scored."
+    from PIL import Image
+    imgs = tmp_path / "imgs"; imgs.mkdir()
+    for i in range(2): Image.new("RGB", (12000, 12000), (i * 90, 40, 40)).save(imgs / f"huge{i}.png")
+    assert (imgs / "huge0.png").stat().st_size < 2_000_000
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(imgs / "small.png")
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", Q, *SCORE, imgs, "--out", tmp_path / "s.csv"] if Path("/usr/bin/time").exists()
+                       else [Q, *SCORE, imgs, "--out", tmp_path / "s.csv"], env=ENV, capture_output=True, text=True, timeout=300)
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert r.returncode == 1 and df.score.notna().sum() == 1, r.stdout + r.stderr
+    for e in df.error[df.score.isna()]: assert "12000x12000 is 144 MP" in e and "--resize-short 512" in e and "huge" in e
+    if Path("/usr/bin/time").exists():
+        peak_kb = int(r.stderr.strip().splitlines()[-1])
+        assert peak_kb < 3_000_000, peak_kb          # the 144 MP images were never decoded (a decode alone is 432 MB each)
+    rc, out = q(*SCORE, imgs / "huge0.png", "--resize-short", "64", "--out", tmp_path / "r.csv", cwd=tmp_path)
+    assert rc == 0, out[-2000:]
+
+
+def test_folder_scan_names_what_it_cannot_read(tmp_path):
+    "GIFs are scored (first frame); a HEIC without its plug-in and a broken link get rows that say why; --resize-short -5 is refused."
+    from PIL import Image
+    imgs = tmp_path / "imgs"; imgs.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(imgs / "anim.gif")
+    (imgs / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
+    (imgs / "gone.jpg").symlink_to(imgs / "deleted.jpg")
+    rc, out = q(*SCORE, imgs, "--out", tmp_path / "s.csv", cwd=tmp_path)
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "s.csv").set_index("path")
+    assert rc == 1 and len(df) == 3, out[-2000:]
+    assert pd.notna(df.score[str(imgs / "anim.gif")])
+    assert "broken symbolic link" in df.error[str(imgs / "gone.jpg")] and "deleted.jpg" in df.error[str(imgs / "gone.jpg")]
+    try: import pillow_heif  # noqa: F401
+    except ImportError: assert "pip install pillow-heif" in df.error[str(imgs / "phone.heic")]
+    rc, out = q(*SCORE, imgs / "anim.gif", "--resize-short", "-5", "--out", tmp_path / "r.csv", cwd=tmp_path)
+    assert rc == 2 and "--resize-short -5" in out
