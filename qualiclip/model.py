@@ -7,7 +7,7 @@ __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERAT
            'TINY_CONFIG', 'TINY_CFG', 'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config',
            'WeightsUnavailableError', 'create_clip', 'attnpool_nopos', 'resnet_min_side', 'check_prompts',
            'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config', 'prompt_features_gap', 'randomize_',
-           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint']
+           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint', 'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import json, logging, math, os, socket, tempfile, threading, zipfile
@@ -337,6 +337,15 @@ def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1]
     finally:
         for m, t in modes: m.training = t
 
+@patch
+def quality(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (float), on any device
+           ) -> torch.Tensor:
+    "Differentiable quality scores (B,): eval mode, fp32, no autocast; gradients reach `x` (and any parameter that requires them)."
+    modes = [(m, m.training) for m in self.modules()]; self.eval()
+    try: return self.logits_to_score(self.similarities(x.to(self.device).float()))
+    finally:
+        for m, t in modes: m.training = t
+
 def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in [0,1] or uint8
                 resize_short:int|None=None, # resize the shorter side to this (bicubic, antialiased); None: native
                ) -> torch.Tensor:
@@ -356,6 +365,7 @@ def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in 
 def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W) batch
           batch_size:int=32, # images per forward pass (images of equal size only)
           resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native size)
+          grad:bool=False, # differentiable scores (`quality`: fp32, gradients reach the images) instead of `score_batch`
          ) -> torch.Tensor:
     "Scores (N,) on the CPU; images of equal size share batches, nothing is padded."
     imgs = [_prep_image(im, resize_short) for im in images]
@@ -365,7 +375,7 @@ def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one
     for idx in groups.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            out[chunk] = self.score_batch(torch.stack([imgs[i] for i in chunk])).float().cpu()
+            out[chunk] = (self.quality if grad else self.score_batch)(torch.stack([imgs[i] for i in chunk])).float().cpu()
     return out
 
 # %% ../nbs/03_model.ipynb #5f74047a
@@ -499,7 +509,8 @@ class ClipNormalisedQualiCLIP(nn.Module):
         super().__init__(); self.model = model
     def forward(self, x:torch.Tensor, # batch normalised with `CLIP_MEAN`/`CLIP_STD`
                ) -> torch.Tensor:
-        return self.model.score_batch(x * self.model.std.to(x) + self.model.mean.to(x))
+        x = x * self.model.std.to(x) + self.model.mean.to(x)
+        return self.model.quality(x) if torch.is_grad_enabled() and x.requires_grad else self.model.score_batch(x)
 
 def _sha256(path:str|Path, # file to hash
            ) -> str:
@@ -551,3 +562,18 @@ def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None
             raise ValueError(f"{f}: SHA-256 {got} does not match {want} (a damaged or different file); delete it and "
                              f"load again to download it afresh, or pass a file you trust with weights=.")
     return f
+
+# %% ../nbs/03_model.ipynb #7c1486f3
+class QualiCLIPLoss(nn.Module):
+    "`1 - QualiCLIP score`, averaged over the batch, differentiable w.r.t. the images; the model frozen, in eval mode."
+    def __init__(self, model:QualiCLIP|str|Path, # a QualiCLIP (frozen in place), or a checkpoint in the official layout
+                 device='cpu', # where a model loaded from a file lives
+                ):
+        super().__init__()
+        self.model = QualiCLIP.from_checkpoint(model, device=device) if isinstance(model, (str, Path)) else model
+        self.model.requires_grad_(False).eval()
+    def train(self, mode:bool=True): # the flag applies to this module only; the scorer stays in eval mode
+        super().train(mode); self.model.eval(); return self
+    def forward(self, x:torch.Tensor, # images (B,3,H,W) in [0,1]
+               ) -> torch.Tensor:
+        return 1 - self.model.quality(x).mean()
