@@ -472,6 +472,18 @@ def _rel(p, root:Path):
     try: return p.relative_to(root).as_posix()
     except ValueError: return p.as_posix()
 
+def _numbers(col:pd.Series, what:str, images:pd.Series, name:str, where) -> np.ndarray:
+    "A metadata column as floats; text that is no number, infinities (and a MOS missing where others exist) raise one error naming the images."
+    v = pd.to_numeric(col.reset_index(drop=True), errors='coerce').astype(float)
+    raw = col.reset_index(drop=True)
+    scored = what == 'mos' and v.notna().any()   # a pool without opinion scores (KADIS-700k) has none at all
+    bad = (v.isna() & raw.notna()) | np.isinf(v) | (v.isna() if scored else False)
+    if bad.any():
+        eg = ', '.join(f"{im} ({r!r})" for im, r in zip(images[bad.values][:3], raw[bad][:3]))
+        raise DatasetError(f"{name}: {int(bad.sum())} image(s) have a {what} that is not a finite number in {where}, e.g. {eg}; "
+                           "fix those rows of the metadata (or remove them), then run again.")
+    return v.values
+
 def load_dataset(name:str, # a key of `DATASETS`
                  root:str|Path, # the dataset's root folder (see the spec's layout)
                  missing:str='error', # 'error': fail when listed images are absent; 'drop': drop them with a warning; 'keep': keep their rows
@@ -485,7 +497,7 @@ def load_dataset(name:str, # a key of `DATASETS`
     raw = spec.parser(root)
     df = pd.DataFrame({'image': [_rel(p, root) for p in raw.path], 'path': [str(Path(p)) for p in raw.path]})
     for c in ('mos', 'mos_std', 'dist_level', 'resize_short'):
-        df[c] = raw[c].astype(float).values if c in raw else np.nan
+        df[c] = _numbers(raw[c], c, df.image, name, f'the metadata under {root}') if c in raw else np.nan
     df['higher_better'] = spec.higher_better
     df['ref'] = [_rel(p, root) for p in raw.ref] if 'ref' in raw else np.nan
     df['dist_type'] = raw['dist_type'].values if 'dist_type' in raw else np.nan
@@ -703,14 +715,20 @@ def download(name:str, # a key of `DATASETS`
             try: fetch(url, dest, sha, progress=progress, timeout=timeout)
             except ChecksumError: raise
             except DownloadError as e: failed.append((fn, str(e))); continue
-        known = sha or lock['sha256'].get(fn)
-        got = sha256sum(dest)
+        arch = is_archive(fn) or fn.lower().endswith('.rar')
+        recorded = lock['sha256'].get(fn)
+        if arch and recorded: recorded = None   # an archive's checksum counts once it unpacked (earlier versions recorded it before)
+        known, got = sha or recorded, sha256sum(dest)
         if known and got != known.lower():
             raise ChecksumError(f"{dest}: checksum {got} differs from the {'pinned' if sha else 'recorded'} {known}; "
                                 f"delete the file and download it again (or update {LOCK_NAME} if the owners changed it).")
-        if lock['sha256'].get(fn) != got: lock['sha256'][fn] = got; _write_lock(root, lock)
-        if (is_archive(fn) or fn.lower().endswith('.rar')) and lock['extracted'].get(fn) != got:
-            safe_extract(dest, root); lock['extracted'][fn] = got; _write_lock(root, lock)
+        if arch:   # recorded only after it unpacked: a truncated download is never taken for the reference
+            try: safe_extract(dest, root)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+                raise ArchiveError(f"{dest}: the archive is damaged or incomplete ({type(e).__name__}: {e}); delete it and "
+                                   "download it again (its checksum was not recorded).") from None
+            lock['sha256'][fn] = lock['extracted'][fn] = got; _write_lock(root, lock)
+        elif recorded != got: lock['sha256'][fn] = got; _write_lock(root, lock)
     if failed:
         lines = '\n'.join(f"  - {fn}: {why}" for fn, why in failed)
         raise DownloadError(f"{spec.title}: {len(failed)} file(s) could not be fetched:\n{lines}\n"

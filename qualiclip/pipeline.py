@@ -307,6 +307,8 @@ def read_index(path:str|Path, # an index written by `write_index`
     if not {'path', 'image', 'mos'} <= set(df.columns): raise DatasetError(f"{path}: not a dataset index (columns {list(df.columns)[:5]}).")
     base = path.resolve().parent
     df['path'] = [str((base/p).resolve()) if not os.path.isabs(p) else p for p in df.path]
+    from qualiclip.datasets import _numbers
+    df['mos'] = _numbers(df.mos, 'mos', df.image, 'index', path)
     return df.drop(columns=[c for c in ('dataset', 'bytes', 'mtime_ns') if c in df])
 
 def index_cmd(dataset:str, # dataset name, e.g. koniq10k

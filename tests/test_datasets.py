@@ -80,12 +80,47 @@ def test_download_from_file_urls(minis, tmp_path, name):
 
 
 def test_download_recorded_checksum_is_verified(minis, tmp_path):
-    src = miniature_sources('kadid10k', minis['kadid10k'], tmp_path/'src')
-    url = {'kadid10k.zip': src['kadid10k.zip'].as_uri()}
+    "A source file that is no archive keeps the checksum recorded at its first download; a changed file is refused."
+    src = miniature_sources('koniq10k', minis['koniq10k'], tmp_path/'src')
+    urls = {fn: p.as_uri() for fn, p in src.items()}
     root = tmp_path/'root'; root.mkdir()
-    (root/LOCK_NAME).write_text(json.dumps({'sha256': {'kadid10k.zip': '0'*64}, 'extracted': {}}))
-    with pytest.raises(ChecksumError, match='recorded'): download('kadid10k', root, progress=False, urls=url)
-    assert not (root/'kadid10k').exists()
+    (root/LOCK_NAME).write_text(json.dumps({'sha256': {'koniq10k_distributions_sets.csv': '0'*64}, 'extracted': {}}))
+    with pytest.raises(ChecksumError, match='recorded'): download('koniq10k', root, progress=False, urls=urls)
+
+
+def test_truncated_archive_is_never_recorded(minis, tmp_path):
+    "A truncated download fails naming the file and records nothing, so the good archive fetched next is accepted."
+    src = miniature_sources('kadid10k', minis['kadid10k'], tmp_path/'src')
+    good = src['kadid10k.zip']; cut = tmp_path/'cut'/'kadid10k.zip'; cut.parent.mkdir()
+    cut.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    root = tmp_path/'root'
+    with pytest.raises(ArchiveError, match='damaged or incomplete') as e:
+        download('kadid10k', root, progress=False, urls={'kadid10k.zip': cut.as_uri()})
+    assert str(root/'kadid10k.zip') in str(e.value)
+    lock = json.loads((root/LOCK_NAME).read_text()) if (root/LOCK_NAME).exists() else {'sha256': {}}
+    assert 'kadid10k.zip' not in lock['sha256']
+    (root/'kadid10k.zip').unlink()                                   # what the message says to do
+    download('kadid10k', root, progress=False, urls={'kadid10k.zip': good.as_uri()})
+    assert len(load_dataset('kadid10k', root)) == 12
+    # a lock written by an earlier version (checksum of a truncated archive recorded, never unpacked) no longer blocks
+    root2 = tmp_path/'root2'; root2.mkdir()
+    (root2/LOCK_NAME).write_text(json.dumps({'sha256': {'kadid10k.zip': sha256sum(cut)}, 'extracted': {}}))
+    download('kadid10k', root2, progress=False, urls={'kadid10k.zip': good.as_uri()})
+    assert json.loads((root2/LOCK_NAME).read_text())['sha256']['kadid10k.zip'] == sha256sum(good)
+
+
+@pytest.mark.parametrize('value', ['nan', 'inf', 'abc'])
+def test_bad_mos_names_the_image(minis, tmp_path, value):
+    "A MOS that is NaN, infinite or text fails when the dataset is read, naming the image and the value."
+    import shutil
+    root = tmp_path/'clive'; shutil.copytree(minis['clive'], root)
+    good = load_dataset('clive', root)
+    from qualiclip.pipeline import write_index, read_index
+    write_index('clive', root, tmp_path/'index.csv')
+    idx = pd.read_csv(tmp_path/'index.csv'); idx['mos'] = idx['mos'].astype(object); idx.loc[1, 'mos'] = value
+    idx.to_csv(tmp_path/'index.csv', index=False)
+    with pytest.raises(DatasetError, match='not a finite number') as e: read_index(tmp_path/'index.csv')
+    assert good.image[1] in str(e.value) and str(tmp_path/'index.csv') in str(e.value)
 
 
 def test_download_pinned_checksum_mismatch(minis, tmp_path):
@@ -155,7 +190,7 @@ def test_truncated_archives_leave_nothing(minis, tmp_path):
     # without a checksum: the extraction error, nothing half-written
     with pytest.raises(ArchiveError):
         download('live', tmp_path/'root2', progress=False, urls={'databaserelease2.zip': (tmp_path/'srv'/'databaserelease2.zip').as_uri()})
-    assert sorted(p.name for p in (tmp_path/'root2').iterdir()) == ['checksums.lock.json', 'databaserelease2.zip']
+    assert sorted(p.name for p in (tmp_path/'root2').iterdir()) == ['databaserelease2.zip']   # its checksum is not recorded
 
 
 def _tar_with(path, name, data=b'x', **kw):
