@@ -35,6 +35,7 @@ COMMANDS = {
     'init': 'qualiclip.pipeline:init_cmd',
     'ablate': 'qualiclip.pipeline:ablate_cmd',
     'paper': 'qualiclip.pipeline:paper_cmd',
+    'fit-prompts': 'qualiclip.prompts:fit_prompts_cmd',
 }
 
 def resolve_command(spec:str, # 'module:function'
