@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'TINY_CFG', 'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config',
-           'WeightsUnavailableError', 'create_clip', 'attnpool_nopos', 'resnet_min_side', 'check_prompts',
-           'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config', 'prompt_features_gap', 'randomize_',
-           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint', 'QualiCLIPLoss']
+           'TINY_CONFIG', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'RELEASED_URL', 'RELEASED_SHA256',
+           'register_tiny_config', 'WeightsUnavailableError', 'create_clip', 'attnpool_nopos', 'resnet_min_side',
+           'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config', 'prompt_features_gap',
+           'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint',
+           'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import json, logging, math, os, socket, tempfile, threading, zipfile
@@ -95,16 +96,46 @@ def _is_torchscript(path:str|Path) -> bool:
             return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
     except (zipfile.BadZipFile, OSError): return False
 
+CLIP_WEIGHTS_HINT = ("--pretrained takes a CLIP weights file: OpenAI's TorchScript archive (e.g. RN50.pt) or a state dict "
+                     "of tensors saved with torch.save; a QualiCLIP checkpoint goes to --weights instead")
+CHECKPOINT_HINT = ("--weights takes a QualiCLIP checkpoint in the official layout: a dict of 'clip_model.*' tensors and "
+                   "'prompts_features' saved with torch.save (e.g. the released qualiclip.pth)")
+
+def _load_tensors(path:str|Path, # file to read with `torch.load(weights_only=True)`
+                  what:str, # what the file should be, in words (e.g. 'CLIP weights')
+                  hint:str, # the sentence saying which files are accepted
+                 ):
+    "`torch.load(path, weights_only=True)` on the CPU; any failure becomes one ValueError naming the file and what it should be."
+    import pickle, warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # e.g. torch's note on pickle protocols: the error below says it all
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except (KeyboardInterrupt, MemoryError): raise
+    except pickle.UnpicklingError as e:
+        why = ('it holds Python objects other than tensors, and such objects are never unpickled here (loading is '
+               'weights-only: a pickle could run code)') if 'weights only' in str(e).lower() else 'not a PyTorch file, or a damaged one'
+    except Exception as e:
+        why = ('an empty file' if Path(path).is_file() and Path(path).stat().st_size == 0 else
+               'not a PyTorch file, or a damaged or truncated one')
+    raise ValueError(f"{path} cannot be read as {what}: {why}. {hint}.")
+
 def _load_clip_weights(model:nn.Module, # open_clip CLIP model
                        path:str|Path, # local weights file
                       ) -> None:
     "Load a CLIP state dict (plain, `state_dict`-wrapped or OpenAI TorchScript) into `model`, strictly."
     path = Path(path)
-    if _is_torchscript(path): sd = torch.jit.load(str(path), map_location='cpu').state_dict()
+    if _is_torchscript(path):
+        try: sd = torch.jit.load(str(path), map_location='cpu').state_dict()
+        except (KeyboardInterrupt, MemoryError): raise
+        except Exception as e:
+            raise ValueError(f"{path} cannot be read as CLIP weights: a damaged TorchScript archive "
+                             f"({type(e).__name__}). {CLIP_WEIGHTS_HINT}.") from None
     else:
-        sd = torch.load(path, map_location='cpu', weights_only=True)
+        sd = _load_tensors(path, 'CLIP weights', CLIP_WEIGHTS_HINT)
         if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
-    if not isinstance(sd, dict): raise ValueError(f"{path}: not a state dict of tensors; pass CLIP weights (e.g. RN50.pt).")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for k, v in sd.items() if k not in ('input_resolution', 'context_length', 'vocab_size')):
+        raise ValueError(f"{path} cannot be read as CLIP weights: it holds a {type(sd).__name__}, not a dict of tensors. {CLIP_WEIGHTS_HINT}.")
     if 'prompts_features' in sd or any(k.startswith('clip_model.') for k in sd):
         raise ValueError(f"{path} is a QualiCLIP checkpoint, not plain CLIP weights: pass it as --weights / "
                          "QualiCLIP.from_checkpoint(path) instead of --pretrained.")
@@ -384,9 +415,7 @@ def read_official(path:str|Path, # checkpoint file in the official layout
     "The CLIP state dict (prefix stripped) and `prompts_features` of an official-layout checkpoint."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such checkpoint file; check the path (--weights FILE).")
-    try: sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}).") from None
+    sd = _load_tensors(path, 'a QualiCLIP checkpoint', CHECKPOINT_HINT)
     if not isinstance(sd, dict) or 'prompts_features' not in sd or not any(k.startswith('clip_model.') for k in sd):
         keys = list(sd)[:5] if isinstance(sd, dict) else type(sd).__name__
         raise ValueError(f"{path} is not in the official QualiCLIP layout (expected 'clip_model.*' keys and "
