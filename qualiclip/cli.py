@@ -9,7 +9,7 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COMMANDS', 'resolve_command', 'build_parser', 'parse_command', 'main', 'cli']
+__all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', 'build_parser', 'parse_command', 'main', 'cli']
 
 # %% ../nbs/11_cli.ipynb #1e321d39
 COMMANDS = {
@@ -43,6 +43,23 @@ def resolve_command(spec:str, # 'module:function'
     "Import and return the function a command names."
     mod, fn = spec.split(':')
     return getattr(importlib.import_module(mod), fn)
+
+# %% ../nbs/11_cli.ipynb #c0d6a7e1
+COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
+    'score': ('score images', ['score']),
+    'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
+    'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all']),
+    'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'pristine', 'distort']),
+    'figures': ("the paper's tables and figures", ['paper', 'distortion-grid', 'gradcam', 'gmad']),
+    'bench': ('speed benchmarks', ['bench score', 'bench pairs', 'bench train']),
+}
+
+def command_summary(name:str, # a key of COMMANDS
+                   ) -> str:
+    "The first line of the docstring of a command's function (its module is imported)."
+    try: f = resolve_command(COMMANDS[name])
+    except Exception as e: return f"(cannot be loaded here: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return ((inspect.getdoc(f) or '').strip().split('\n') or [''])[0]
 
 # %% ../nbs/11_cli.ipynb #c24ed103
 def _base_type(anno):
@@ -140,10 +157,27 @@ def parse_command(func, # the command's function
     return args
 
 # %% ../nbs/11_cli.ipynb #7d29f348
-def _usage() -> str:
-    w = max(map(len, COMMANDS))
-    lines = ['usage: qualiclip <command> [options]   (qualiclip <command> --help for its options)', '', 'commands:']
-    for k, spec in COMMANDS.items(): lines.append(f'  {k:<{w}}  -> {spec}')
+def _grouped() -> list[tuple[str, str, list[str]]]:
+    "(heading, what for, commands) in the order of COMMAND_GROUPS, then 'other' for commands in no group."
+    out = [(g, what, [n for n in names if n in COMMANDS]) for g, (what, names) in COMMAND_GROUPS.items()]
+    placed = {n for _, _, ns in out for n in ns}
+    rest = [n for n in COMMANDS if n not in placed]
+    return [x for x in out if x[2]] + ([('other', 'not yet grouped', rest)] if rest else [])
+
+def _usage(docs:bool=False, # one line per command from its docstring (imports the modules), else names only
+          ) -> str:
+    "The list of commands, grouped by use."
+    import shutil, textwrap
+    lines = ['usage: qualiclip <command> [options]   (qualiclip <command> --help for its options)']
+    if not docs:
+        for g, what, names in _grouped(): lines.append(f'  {g + ":":<10} ' + ', '.join(names))
+        return '\n'.join(lines + ['(qualiclip --help describes each command)'])
+    w = max(map(len, COMMANDS)); width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    for g, what, names in _grouped():
+        lines += ['', f'{g}: {what}']
+        for n in names:
+            lines.append(textwrap.fill(command_summary(n), width=width, initial_indent=f'  {n:<{w}}  ',
+                                       subsequent_indent=' ' * (w + 4)))
     return '\n'.join(lines)
 
 def main(argv:list[str]|None=None, # arguments after the program name (default: sys.argv[1:])
@@ -151,7 +185,7 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
     "Run a `qualiclip` command and return its exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(_usage()); return 0 if argv else 2
+        print(_usage(docs=bool(argv))); return 0 if argv else 2
     if argv[0] in ('-V', '--version'):
         from qualiclip import __version__; print(__version__); return 0
     name = ' '.join(argv[:2]) if ' '.join(argv[:2]) in COMMANDS else argv[0]
