@@ -27,7 +27,7 @@ repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip check --params params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip unpack --params params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip summary --params params.yaml
 
 # The paper profile end to end at smoke scale, on stand-in inputs, in a scratch copy (minutes on a CPU; CI runs it).
 paper-smoke: install

@@ -35,6 +35,7 @@ COMMANDS = {
     'init': 'qualiclip.pipeline:init_cmd',
     'ablate': 'qualiclip.pipeline:ablate_cmd',
     'paper': 'qualiclip.pipeline:paper_cmd',
+    'summary': 'qualiclip.pipeline:summary_cmd',
     'fit-prompts': 'qualiclip.prompts:fit_prompts_cmd',
 }
 
@@ -50,7 +51,7 @@ COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); ever
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'pristine', 'distort']),
-    'figures': ("the paper's tables and figures", ['paper', 'distortion-grid', 'gradcam', 'gmad']),
+    'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
     'bench': ('speed benchmarks', ['bench score', 'bench pairs', 'bench train']),
 }
 

@@ -17,7 +17,8 @@ from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, 
 __all__ = ['DISK_SPACE', 'NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
            'pool_archive_members', 'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive',
            'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'pristine_cmd',
-           'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd']
+           'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd',
+           'summary', 'summary_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e002
 def resolve(p:str|Path, # a path from a params file: relative to the repository root unless absolute
@@ -453,3 +454,55 @@ def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opi
               f"{dest.with_suffix('.failed.ipynb')})", file=sys.stderr)
         return 1
     print(f"{name}: executed -> {dest.relative_to(root) if dest.is_relative_to(root) else dest}"); return 0
+
+# %% ../nbs/13_pipeline.ipynb #6a11a595
+def _val_curve(run:Path) -> pd.DataFrame|None:
+    "The validation SRCC curve (step, val_srcc) dvclive wrote for a run, or None."
+    f = run/'dvclive'/'plots'/'metrics'/'val_srcc.tsv'
+    if not f.is_file(): return None
+    try: df = pd.read_csv(f, sep='\t')
+    except (ValueError, OSError): return None
+    return df if {'step', 'val_srcc'} <= set(df.columns) and len(df) else None
+
+def summary(params:str|dict='params.yaml', # the profile
+           ) -> tuple[str, list[str]]:
+    "(a short readable report of the profile's results, the results that are missing)."
+    p = _params(params); lines, missing = [f"QualiCLIP-reproduced: profile {p.get('profile', '?')}", ''], []
+    t1 = ((p.get('paper') or {}).get('T1_opinion_unaware') or {}).get('out_md', 'outputs/tables/T1_opinion_unaware.md')
+    f = resolve(t1)
+    if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", f.read_text().strip(), '']
+    else: missing.append(f"the T1 table {t1}")
+    out = (p.get('train') or {}).get('out', 'runs/train'); run = resolve(out)
+    m = json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').is_file() else None
+    curve = _val_curve(run)
+    if m is None and curve is None: missing.append(f"the training run's metrics {out}/metrics.json")
+    else:
+        m = m or {}
+        if curve is not None:
+            b = curve.loc[curve.val_srcc.idxmax()]; last = curve.iloc[-1]; first = curve.iloc[0]
+            lines.append(f"Training ({out}): validation SRCC {first.val_srcc:.3f} at step {int(first.step)}, best "
+                         f"{b.val_srcc:.3f} at step {int(b.step)}, final {last.val_srcc:.3f} at step {int(last.step)} "
+                         f"({len(curve)} validations, {out}/dvclive)")
+        if m.get('best_val_srcc') is not None:
+            lines.append(f"  metrics.json: best {m['best_val_srcc']:.3f} at step {m.get('best_step')}, final "
+                         f"{m.get('val_srcc', float('nan')):.3f} at step {m.get('step')}"
+                         + (f", {m['train_time_s'] / 60:.1f} min of training" if m.get('train_time_s') else ''))
+        lines.append('')
+    figs = {v for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_png'}
+    dirs = {resolve(v) for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_dir'}
+    dirs.add(resolve('outputs/figures'))
+    root = repo_root()
+    def rel(x): return str(x.relative_to(root)) if x.is_relative_to(root) else str(x)
+    found = sorted({rel(x) for d in dirs if d.is_dir() for x in d.glob('*.png')} | {v for v in figs if resolve(v).is_file()})
+    missing += [f"the figure {v}" for v in sorted(figs) if not resolve(v).is_file()]
+    lines += ["Figures:"] + ([f"  {x}" for x in found] or ['  none yet'])
+    tabs = sorted(rel(x) for x in resolve('outputs/tables').glob('*.md')) if resolve('outputs/tables').is_dir() else []
+    if tabs: lines += ["Tables:"] + [f"  {x}" for x in tabs]
+    if missing: lines += ['', 'Missing: ' + '; '.join(missing) + ' (run `make repro`, or `dvc repro` for the stage that writes it).']
+    return '\n'.join(lines), missing
+
+def summary_cmd(params:str='params.yaml', # the profile
+               ) -> int:
+    "Print the T1 table, the training run's best and final validation SRCC and where the figures are; exit 1 if some are missing."
+    text, missing = summary(params)
+    print(text); return 1 if missing else 0
