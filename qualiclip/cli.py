@@ -36,6 +36,7 @@ COMMANDS = {
     'ablate': 'qualiclip.pipeline:ablate_cmd',
     'paper': 'qualiclip.pipeline:paper_cmd',
     'summary': 'qualiclip.pipeline:summary_cmd',
+    'compare-weights': 'qualiclip.weights:compare_weights_cmd',
     'fit-prompts': 'qualiclip.prompts:fit_prompts_cmd',
 }
 
@@ -49,7 +50,7 @@ def resolve_command(spec:str, # 'module:function'
 COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
     'score': ('score images', ['score']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
-    'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all']),
+    'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'pristine', 'distort']),
     'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
     'bench': ('speed benchmarks', ['bench score', 'bench pairs', 'bench train']),

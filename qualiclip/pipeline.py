@@ -488,6 +488,10 @@ def summary(params:str|dict='params.yaml', # the profile
                          f"{m.get('val_srcc', float('nan')):.3f} at step {m.get('step')}"
                          + (f", {m['train_time_s'] / 60:.1f} min of training" if m.get('train_time_s') else ''))
         lines.append('')
+    cw = resolve('outputs/weights')/'comparison.json'
+    if cw.is_file():
+        try: lines += [f"What training changed (outputs/weights, qualiclip compare-weights): {json.loads(cw.read_text())['verdict']}", '']
+        except (ValueError, KeyError): pass
     figs = {v for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_png'}
     dirs = {resolve(v) for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_dir'}
     dirs.add(resolve('outputs/figures'))
