@@ -32,13 +32,24 @@ def repo_root(start:str|Path|None=None, # folder to search upwards from (default
                             "run from inside the repository or set QUALICLIP_ROOT.")
 
 # %% ../nbs/00_core.ipynb #bcaca6ce
-def load_params(path:str|Path='params.yaml', # YAML file, relative to the repository root unless absolute
+def load_params(path:str|Path='params.yaml', # YAML file; a relative path is read from the current folder
                ) -> dict:
-    "Load a YAML parameters file (the DVC profile) into a dict."
+    "Load a YAML parameters file (the DVC profile) into a dict; errors name the file, and the line of a YAML mistake."
     p = Path(path)
-    if not p.is_absolute() and not p.exists(): p = repo_root()/p
-    if not p.exists(): raise FileNotFoundError(f"Parameters file {p} does not exist; pass --params with a YAML file.")
-    with open(p) as f: out = yaml.safe_load(f)
+    if not p.exists():
+        there = None
+        for start in (None, Path(__import__('qualiclip').__file__).parent):   # the working tree, then the installed package's
+            try: there = there or (repo_root(start)/p if not p.is_absolute() else None)
+            except FileNotFoundError: pass
+        hint = (f" The repository's {there} exists: pass that path, or run from {there.parent}." if there is not None and there.exists()
+                else " Pass --params with a YAML file.")
+        raise FileNotFoundError(f"Parameters file {p.absolute()} does not exist.{hint}")
+    try:
+        with open(p) as f: out = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        where = f" at line {m.line + 1}, column {m.column + 1}" if m else ''
+        raise ValueError(f"Parameters file {p} is not valid YAML{where} ({getattr(e, 'problem', None) or e}); fix it there.") from None
     if out is None: return {}
     if not isinstance(out, dict): raise ValueError(f"Parameters file {p} must hold a mapping at top level, got {type(out).__name__}.")
     return out

@@ -21,10 +21,46 @@ from .losses import qualiclip_loss
 # %% auto #0
 __all__ = ['TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
            'ResumableSampler', 'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state',
-           'set_rng_state', 'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'train', 'level_order',
-           'level_order_cmd', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
+           'set_rng_state', 'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'trim_live',
+           'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'bench_train',
+           'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
+_AT_LEAST = {'crop': 32, 'levels': 2, 'max_distortions': 1, 'max_offset': 0, 'batch_size': 1, 'workers': 0, 'steps': 1,
+             'weight_decay': 0, 'warmup_steps': 0, 'grad_clip': 0, 'm_rank': 0, 'm_cons': 0, 'w_cons': 0, 'w_pos': 0, 'w_neg': 0,
+             'prompt_pair': 0, 'val_every': 1, 'val_repeats': 1, 'val_batch_size': 1, 'log_every': 1, 'ckpt_every': 1,
+             'seed': 0, 'stop_at': 1}
+
+def _typed(key:str, # a TrainConfig field
+           v, # its value as YAML or the CLI gave it
+           anno:str, # the field's annotation, e.g. 'int', 'str|None', 'tuple'
+          ):
+    "The value converted to the field's type, or one ValueError naming `train.<key>`, the value and what to give."
+    opt = 'None' in anno; base = anno.replace('|None', '').replace('None|', '').strip()
+    if v is None or (opt and isinstance(v, str) and v.lower() in ('none', 'null')):
+        if opt: return None
+        raise ValueError(f"train.{key} is empty (null); give a value of type {base}.")
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if base == 'bool':
+        if isinstance(v, bool): return v
+        raise ValueError(f"train.{key}={v!r}: give true or false.")
+    if base == 'int':
+        if num(v) and float(v).is_integer(): return int(v)
+        raise ValueError(f"train.{key}={v!r}: give a whole number" + (f" (not {v})" if num(v) else "") + ".")
+    if base == 'float':
+        if num(v): return float(v)
+        if isinstance(v, str):   # YAML reads 1e-5 (no dot) as text
+            try: return float(v)
+            except ValueError: pass
+        raise ValueError(f"train.{key}={v!r}: give a number, e.g. 1.0e-5.")
+    if base == 'tuple':
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(num(x) for x in v): return tuple(float(x) for x in v)
+        raise ValueError(f"train.{key}={v!r}: give a pair of numbers, e.g. {[0.9, 0.999] if key == 'betas' else [1.0, 1.0]}.")
+    if base == 'str':
+        if isinstance(v, str): return v
+        raise ValueError(f"train.{key}={v!r}: give text.")
+    return v
+
 @dataclass
 class TrainConfig:
     "Every setting of a training run; the field names are the `train:` keys of params.yaml."
@@ -90,19 +126,27 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         bad = sorted(set(p) - known)
         if bad: raise ValueError(f"Unknown train parameter(s) {bad}; valid keys are: {', '.join(sorted(known))}.")
-        for k in ('betas', 'scale'):
-            if k in p and p[k] is not None: p[k] = tuple(p[k])
+        types = {f.name: str(f.type) for f in fields(cls)}
+        p = {k: _typed(k, v, types[k]) for k, v in p.items()}
         cfg = cls(**p); cfg.check(); return cfg
 
     def check(self):
         "Raise one clear error for a setting that cannot work."
-        if self.crop % 32: raise ValueError(f"crop={self.crop} must be a multiple of 32 (ResNet image tower).")
+        if self.crop < 32 or self.crop % 32: raise ValueError(f"train.crop={self.crop} must be a positive multiple of 32 (ResNet image tower), e.g. 224.")
         if self.levels < 2: raise ValueError(f"levels={self.levels}: the ranking losses need at least 2 levels.")
         if self.bn not in ('auto', 'train', 'frozen'): raise ValueError(f"bn={self.bn!r}: use 'auto', 'train' or 'frozen'.")
         if self.precision not in ('auto', 'fp32', 'bf16', 'fp16'):
             raise ValueError(f"precision={self.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'.")
-        for k in ('steps', 'batch_size', 'val_every', 'log_every', 'ckpt_every', 'val_repeats', 'val_batch_size'):
-            if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)} must be at least 1.")
+        for k, lo in _AT_LEAST.items():
+            v = getattr(self, k)
+            if v is not None and v < lo: raise ValueError(f"train.{k}={v} must be at least {lo}.")
+        for k in ('lr', 'val_scale'):
+            if not getattr(self, k) > 0: raise ValueError(f"train.{k}={getattr(self, k)} must be positive.")
+        if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be between 0 and 1.")
+        if not all(0 <= b < 1 for b in self.betas): raise ValueError(f"train.betas={list(self.betas)}: AdamW's betas lie in [0, 1), e.g. [0.9, 0.999].")
+        if not 0 < self.scale[0] <= self.scale[1]: raise ValueError(f"train.scale={list(self.scale)}: give [low, high] with 0 < low <= high, e.g. [1.0, 1.0].")
+        for k, ok in (('level_pairs', ('all', 'adjacent')), ('space', ('cosine', 'prob'))):
+            if getattr(self, k) not in ok: raise ValueError(f"train.{k}={getattr(self, k)!r}: use {' or '.join(map(repr, ok))}.")
         if isinstance(self.pretrained, str) and self.pretrained.lower() in ('none', 'null', ''): self.pretrained = None
         return self
 
@@ -424,6 +468,7 @@ def state(self:Trainer) -> dict:
     return {'step': self.step_no, 'model': self.model.state_dict(), 'optimizer': self.opt.state_dict(),
             'scheduler': self.sched.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': allr,
             'world_size': self.world, 'best_val_srcc': self.best, 'best_step': self.best_step,
+            'train_time_s': getattr(self, 'train_time', 0.0), 'n_crops': getattr(self, 'n_crops', 0),
             'config': self.cfg.to_dict()}
 
 @patch
@@ -443,7 +488,12 @@ def load(self:Trainer, path:str|Path|None=None):
     "Continue from checkpoint.pt (default: the run folder's)."
     path = Path(path or self.out/'checkpoint.pt')
     if not path.exists(): raise FileNotFoundError(f"No checkpoint to resume from at {path}; drop --resume to start a new run.")
-    st = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        st = torch.load(path, map_location='cpu', weights_only=True)
+        st['config'], st['model'], st['step']
+    except Exception as e:
+        raise ValueError(f"{path}: the checkpoint cannot be read ({type(e).__name__}: {str(e)[:200]}); it may be truncated "
+                         "(a full disk?). Restore it, or start anew with --resume no (the run is moved aside, nothing is deleted).") from None
     now = self.cfg.to_dict()
     diff = _settings_diff(st['config'], now)
     if diff: raise ValueError(f"Cannot resume {path}: settings differ from the checkpoint's (saved, now): {diff}; "
@@ -454,6 +504,7 @@ def load(self:Trainer, path:str|Path|None=None):
     self.opt.load_state_dict(st['optimizer']); self.sched.load_state_dict(st['scheduler'])
     self.scaler.load_state_dict(st['scaler'])
     self.step_no, self.best, self.best_step = st['step'], st['best_val_srcc'], st['best_step']
+    self.train_time, self.n_crops = float(st.get('train_time_s', 0.0)), int(st.get('n_crops', 0))   # totals over every segment
     if st['world_size'] == self.world: set_rng_state(st['rng'][self.rank], self.gen)
     else: warnings.warn(f"Checkpoint written by {st['world_size']} process(es), resumed on {self.world}: "
                         "data order and degradations after the resume differ from an uninterrupted run.")
@@ -507,6 +558,28 @@ def resume_decision(cfg:TrainConfig, # the run's settings
     else: why = 'a new run was asked for' if r == 'no' else 'it holds no checkpoint'
     return False, f"{out} was moved aside to {{dest}} because {why}; starting a new run"
 
+def trim_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
+              step:int, # the step of the checkpoint a run resumes from
+             ) -> int:
+    "Drop the logged rows after `step` from dvclive's metric files (logged after the checkpoint, they are logged again); returns how many."
+    gone = 0
+    for f in sorted(Path(folder).glob('plots/metrics/**/*.tsv')):
+        lines = f.read_text().splitlines(True)
+        if not lines: continue
+        col = lines[0].rstrip('\n').split('\t').index('step') if 'step' in lines[0].split('\t') else None
+        if col is None: continue
+        keep = [lines[0]] + [l for l in lines[1:] if l.strip() and int(float(l.split('\t')[col])) <= step]
+        if len(keep) < len(lines):
+            gone += len(lines) - len(keep)
+            with atomic_path(f) as t: t.write_text(''.join(keep))
+    return gone
+
+def stale_temporaries(folder:str|Path, # a run folder
+                     ) -> list[Path]:
+    "Temporary files of this run's own outputs left by a process killed while writing (`atomic_path` names them `.<name>.*.tmp<suffix>`)."
+    own = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json')
+    return sorted(f for n in own for f in Path(folder).glob(f'.{n}.*.tmp{Path(n).suffix}') if f.is_file())
+
 @patch
 def fit(self:Trainer, resume:bool|str=False) -> dict:
     "Train to cfg.steps (or cfg.stop_at) and return the final metrics; `resume`: see `resume_decision`."
@@ -519,18 +592,23 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
         print(why.replace('{dest}', str(move_aside(self.out))), file=sys.stderr)
     elif resume and self.main: print(why, file=sys.stderr)
     if self.world > 1: dist.barrier()
+    self.train_time, self.n_crops = 0.0, 0
     if resume: self.load()
     live = None
     if self.main:
         self.out.mkdir(parents=True, exist_ok=True)
+        for f in stale_temporaries(self.out): f.unlink(); print(f"removed {f} (left by a killed write)", file=sys.stderr)
+        if resume: trim_live(self.out/'dvclive', self.step_no)
         from dvclive import Live
         live = Live(str(self.out/'dvclive'), resume=resume, save_dvc_exp=False, dvcyaml=False, report=None)
         if not resume: live.log_params(c.to_dict())
     end = min(c.steps, c.stop_at or c.steps)
     metrics = {'step': self.step_no}
     mpath = self.out/'metrics.json'
-    if resume and mpath.exists(): metrics.update(json.loads(mpath.read_text()))
-    train_time, n_crops, start_step = 0.0, 0, self.step_no
+    if resume and mpath.exists():
+        try: metrics.update(json.loads(mpath.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            warnings.warn(f"{mpath} is damaged ({e}); it is written anew from the checkpoint's state.")
     crops = c.batch_size * 2 * c.levels * self.world
     bar = tqdm(total=end, initial=self.step_no, disable=not (self.main and c.progress), desc='train', dynamic_ncols=True)
     if self.main and self.step_no == 0:  # the starting point of the validation curve
@@ -545,7 +623,7 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
         while self.step_no < end:
             t0 = time.perf_counter()
             r = self.step(next(data))
-            train_time += time.perf_counter() - t0; n_crops += crops
+            self.train_time += time.perf_counter() - t0; self.n_crops += crops
             metrics.update(r, step=self.step_no)
             s, log = self.step_no, {}
             if s % c.log_every == 0 or s == end: log.update({f'train/{k}': v for k, v in r.items()})
@@ -563,15 +641,15 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
                 bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", refresh=False)
             if s % c.ckpt_every == 0 or s == end: self.save()
             if self.main and (s % c.val_every == 0 or s == end):
-                metrics.update(best_val_srcc=self.best, best_step=self.best_step, train_time_s=train_time,
-                               crops_per_s=n_crops / max(train_time, 1e-9), world_size=self.world)
+                metrics.update(best_val_srcc=self.best, best_step=self.best_step, train_time_s=self.train_time,
+                               crops_per_s=self.n_crops / max(self.train_time, 1e-9), world_size=self.world)
                 _write_json(metrics, mpath)
             bar.update(1)
     finally:
         bar.close()
         if live is not None: live.end()
-    metrics.update(step=self.step_no, best_val_srcc=self.best, best_step=self.best_step, train_time_s=train_time,
-                   crops_per_s=n_crops / max(train_time, 1e-9), world_size=self.world)
+    metrics.update(step=self.step_no, best_val_srcc=self.best, best_step=self.best_step, train_time_s=self.train_time,
+                   crops_per_s=self.n_crops / max(self.train_time, 1e-9), world_size=self.world)
     if self.main: _write_json(metrics, mpath)
     return metrics
 

@@ -199,3 +199,24 @@ def test_folder_scan_names_what_it_cannot_read(tmp_path):
     except ImportError: assert "pip install pillow-heif" in df.error[str(imgs / "phone.heic")]
     rc, out = q(*SCORE, imgs / "anim.gif", "--resize-short", "-5", "--out", tmp_path / "r.csv", cwd=tmp_path)
     assert rc == 2 and "--resize-short -5" in out
+
+
+def test_params_errors_name_the_key(tmp_path):
+    "Type errors and YAML mistakes in a profile give exit 2 and one line naming the key or line; a missing relative file is not replaced."
+    base = "seed: 0\ndevice: cpu\nmodel:\n  backbone: qualiclip-tiny\ntrain:\n  crop: 64\n"
+    cases = {"steps: \"abc\"": "train.steps='abc'", "lr: \"abc\"": "train.lr='abc'", "scale: 5": "train.scale=5",
+             "betas: [0.9]": "train.betas=[0.9]", "steps: 3.7": "train.steps=3.7", "warmup_steps: -5": "train.warmup_steps=-5",
+             "grad_clip: -1": "train.grad_clip", "batch_size: 2.5": "train.batch_size=2.5", "crop: 0": "train.crop=0"}
+    for line, msg in cases.items():
+        text = base.replace("  crop: 64\n", "") if line.startswith("crop") else base
+        (tmp_path / "p.yaml").write_text(text + "  " + line + "\n")
+        rc, out = q("train", "--params", "p.yaml", "--out", tmp_path / "run", cwd=tmp_path, timeout=120)
+        assert rc == 2 and msg in out and "Traceback" not in out, (line, out[-1500:])
+    (tmp_path / "p.yaml").write_text(base + "  lr: [0.1\n")
+    rc, out = q("train", "--params", "p.yaml", cwd=tmp_path, timeout=120)
+    assert rc == 2 and "not valid YAML at line" in out and "Traceback" not in out, out[-1500:]
+    (tmp_path / "p.yaml").write_text("train: 5\n")
+    rc, out = q("train", "--params", "p.yaml", cwd=tmp_path, timeout=120)
+    assert rc == 2 and "train:" in out and "Traceback" not in out, out[-1500:]
+    rc, out = q("train", "--params", "params.yaml", cwd=tmp_path, timeout=120)   # the repository has one; this folder has not
+    assert rc == 2 and str(tmp_path / "params.yaml") in out and "does not exist" in out, out[-1500:]
