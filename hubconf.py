@@ -45,3 +45,18 @@ def QualiCLIP_run(run='runs/demo', device=None):
         raise FileNotFoundError(f"{p}: no trained checkpoint there; train one first (`make repro`, or `qualiclip train`) "
                                 "or pass a run folder / .pth file that exists.")
     return QualiCLIP(pretrained=False, weights=p, device=device)
+
+
+def QualiCLIP_plus(prompts, weights=None, pretrained=True, device=None):
+    """QualiCLIP+ (pyiqa's `qualiclip+` score): the frozen QualiCLIP model with learned prompts; `model(x)` takes CLIP-normalised images.
+
+    prompts: a prompts file in pyiqa's layout: ours from `qualiclip fit-prompts` (outputs/prompts/<key>/prompts.pth)
+        or pyiqa's QualiCLIP+_<dataset>.pth (downloaded by you)
+    weights: the QualiCLIP checkpoint the prompts belong to (official layout); None with pretrained=True: the released one
+    pretrained: download the authors' released qualiclip.pth when `weights` is None (as for 'QualiCLIP')
+    device: where the model lives: None (the CPU), 'cpu', 'cuda', 'auto', ...
+    """
+    from qualiclip.prompts import qualiclip_plus_scorer
+    if weights is None and pretrained: weights = _qm.released_checkpoint()
+    if weights is None: raise ValueError("QualiCLIP_plus needs QualiCLIP weights: pass weights='/path/to/qualiclip.pth' or pretrained=True.")
+    return _qm.ClipNormalisedQualiCLIP(qualiclip_plus_scorer(weights=weights, prompts=prompts, device=_device(device))).eval()

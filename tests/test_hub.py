@@ -97,3 +97,17 @@ def test_pretrained_bad_proxy(tmp_path, monkeypatch):
     monkeypatch.delenv('no_proxy', raising=False); monkeypatch.delenv('NO_PROXY', raising=False)
     for v in ('https_proxy', 'HTTPS_PROXY'): monkeypatch.setenv(v, 'http://127.0.0.1:9')   # nothing listens on port 9
     _expect_fast_failure(tmp_path, monkeypatch)
+
+
+def test_plus_entry(ckpt, tmp_path):
+    "QualiCLIP+ through the hub: the same scores as the library's scorer with the same checkpoint and prompts file."
+    from qualiclip.prompts import QualiCLIPPlus, qualiclip_plus_scorer
+    pr = QualiCLIPPlus.from_checkpoint(ckpt).save_prompts(tmp_path / 'prompts.pth')
+    x, xn = _batch()
+    model = torch.hub.load(REPO, 'QualiCLIP_plus', source='local', prompts=str(pr), weights=str(ckpt))
+    ref = qualiclip_plus_scorer(weights=str(ckpt), prompts=str(pr), device='cpu').score_batch(x)
+    got = model(xn)
+    assert (got - ref).abs().max().item() <= 1e-6, (got, ref)
+    assert (got - QualiCLIP.from_checkpoint(ckpt).score_batch(x)).abs().max() > 1e-4   # not the plain model's scores
+    with pytest.raises(FileNotFoundError, match='no such prompts file'):
+        torch.hub.load(REPO, 'QualiCLIP_plus', source='local', prompts=str(tmp_path / 'none.pth'), weights=str(ckpt))
