@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install sysdeps repro paper-smoke test test-slow lab docs sync-check clean-venv
+.PHONY: install sysdeps repro paper-smoke test test-slow lab docs sync-check clean-venv bench-gpu test-gpu
 
 # Create the virtual environment if missing and install the project with its development tools.
 # torch/torchvision are pinned (settings.ini); nothing is downloaded but packages.
@@ -47,6 +47,18 @@ test: install sysdeps
 # Heavier test cells (minutes on a CPU; add `gpu` on a GPU machine).
 test-slow: install
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags slow
+
+# Every GPU performance goal in one run (at most 8 minutes on one GPU): JSON lines (also in runs/bench_gpu.jsonl), then a
+# summary table. Uses .venv when there is one, else python3 with torch, torchvision and the project's other dependencies
+# (on a GPU machine without the environment: the wheels of tools/device_run.sh). BENCH_ARGS=--quick: a CPU check in ~1 min.
+bench-gpu:
+	@py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); \
+	HF_HUB_OFFLINE=1 PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" "$$py" tools/bench_gpu.py --out runs/bench_gpu.jsonl $(BENCH_ARGS)
+
+# The checks that need a GPU: the notebooks' `#| gpu` cells (with the other test cells) and pytest's GPU tests.
+test-gpu: install
+	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags gpu
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests -k test_gpu_
 
 # The library must be exactly what the notebooks export.
 sync-check: install
