@@ -466,7 +466,7 @@ def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt conte
                 opt.zero_grad(set_to_none=True); loss.backward()
                 if steps == 0 and e == 0: check_frozen(model)
                 opt.step(); steps += 1
-                for k, v in (('loss', loss), ('mse', mse), ('plcc_loss', lp)): sums[k] += float(v)
+                for k, v in (('loss', loss), ('mse', mse), ('plcc_loss', lp)): sums[k] += float(v.detach())
             lr_now = opt.param_groups[0]['lr']; sched.step()
             v = validate(); st['epoch'] = e + 1; done_here += 1
             if not v or not math.isfinite(v['val_srcc']) or v['val_srcc'] > st['best']:
