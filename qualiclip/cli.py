@@ -15,6 +15,7 @@ __all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', '
 COMMANDS = {
     'score': 'qualiclip.scoring:score_cmd',
     'bench score': 'qualiclip.scoring:bench_score_cmd',
+    'bench cpu-score': 'qualiclip.scoring:bench_cpu_cmd',
     'distort': 'qualiclip.distortions:distort_cmd',
     'distortion-grid': 'qualiclip.distortions:distortion_grid_cmd',
     'bench pairs': 'qualiclip.pairs:bench_pairs_cmd',
@@ -53,7 +54,7 @@ COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); ever
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'pristine', 'distort']),
     'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
-    'bench': ('speed benchmarks', ['bench score', 'bench pairs', 'bench train']),
+    'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench pairs', 'bench train']),
 }
 
 def command_summary(name:str, # a key of COMMANDS

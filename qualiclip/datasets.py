@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from .core import DEMO_SPLITS, atomic_path, demo_photo, load_pil, save_image, make_generator
 
 # %% auto #0
-__all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DatasetError', 'DownloadError',
-           'ChecksumError', 'ArchiveError', 'find_file', 'DatasetSpec', 'register', 'get_spec', 'load_dataset',
-           'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download', 'miniature',
+__all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
+           'DownloadError', 'ChecksumError', 'ArchiveError', 'find_file', 'DatasetSpec', 'register', 'get_spec',
+           'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download', 'miniature',
            'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd']
 
 # %% ../nbs/06_datasets.ipynb #3ff17ad6
@@ -678,6 +678,11 @@ def fetch(url:str, # http(s) or file:// URL, or a local path
 
 # %% ../nbs/06_datasets.ipynb #6a618ebd
 LOCK_NAME = 'checksums.lock.json'
+# disk each dataset takes once unpacked (archives deleted with --delete-archives); shown by `prepare --download` and `qualiclip check`
+DISK_SPACE = {'koniq10k': '3 GB (1024x768 images)', 'clive': '0.5 GB', 'flive': '5.5 GB', 'spaq': '35 GB',
+              'live': '0.7 GB', 'csiq': '0.4 GB', 'tid2013': '1.2 GB (2.3 GB while the RAR is unpacked)',
+              'kadid10k': '2.5 GB', 'agiqa3k': '0.2 GB', 'pipal': '6 GB',
+              'kadis700k': 'about 25 GB for ref_imgs/ (estimate; the whole archive is larger, only ref_imgs/ is unpacked)'}
 
 def _read_lock(root:Path) -> dict:
     f = Path(root)/LOCK_NAME
@@ -695,6 +700,7 @@ def download(name:str, # a key of `DATASETS`
              urls:dict|None=None, # filename -> URL overrides (mirrors, local copies)
              checksums:dict|None=None, # filename -> pinned SHA-256 (overrides the registry)
              timeout:float=30., # seconds to wait for a server
+             delete_archives:bool=False, # delete the archives this call downloaded once the dataset they unpack to verifies
             ) -> Path:
     "Fetch, verify and safely unpack a dataset's sources into `root`; one clear error lists what must be fetched by hand."
     spec = get_spec(name); root = Path(root).expanduser()
@@ -705,14 +711,16 @@ def download(name:str, # a key of `DATASETS`
             warnings.simplefilter('ignore')
             if len(load_dataset(name, root)): return root
     except DatasetError: pass
-    lock, failed = _read_lock(root), []
+    free = shutil.disk_usage(root).free / 1e9
+    if progress: print(f"{spec.title}: needs {DISK_SPACE.get(name, 'an unknown amount of')} of disk; {free:.1f} GB free at {root}.", file=sys.stderr)
+    lock, failed, fetched = _read_lock(root), [], []
     for fn, url, sha in spec.sources:
         url = (urls or {}).get(fn, url); sha = (checksums or {}).get(fn, sha)
         dest = root/fn
         if fn in lock['extracted']: continue        # verified and unpacked by an earlier run
         if not dest.exists():
             if url is None: failed.append((fn, 'no direct public link: fetch it by hand')); continue
-            try: fetch(url, dest, sha, progress=progress, timeout=timeout)
+            try: fetch(url, dest, sha, progress=progress, timeout=timeout); fetched.append(dest)
             except ChecksumError: raise
             except DownloadError as e: failed.append((fn, str(e))); continue
         arch = is_archive(fn) or fn.lower().endswith('.rar')
@@ -735,6 +743,11 @@ def download(name:str, # a key of `DATASETS`
                             f"Put them in {root} by hand (archives are unpacked by "
                             f"`qualiclip prepare {name} --root {root} --download`), or unpack them yourself so that {root} reads:\n"
                             f"{spec.layout}\nSource: {spec.homepage}")
+    gone = [f for f in fetched if f.name in lock['extracted']]
+    if delete_archives and gone:
+        load_dataset(name, root, missing='error')        # every listed image is there: the archives are no longer needed
+        for f in gone: f.unlink()
+        if progress: print(f"deleted {', '.join(f.name for f in gone)} (unpacked and verified; recorded in {LOCK_NAME})", file=sys.stderr)
     return root
 
 # %% ../nbs/06_datasets.ipynb #a000acdb
@@ -1024,6 +1037,7 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
                 root:str, # the dataset's root folder
                 download:bool=False, # fetch, verify and unpack the sources first (needs network access)
                 checksums:str|None=None, # YAML/JSON file mapping source file names to pinned SHA-256 (with --download)
+                delete_archives:bool=False, # with --download: delete the archives it downloaded once the dataset verifies (saves their size)
                 seed:int=0, # demo only: seed of the random distortions
                 size:int=256, # demo only: side of the square photo crops in pixels
                ) -> int:
@@ -1031,7 +1045,7 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
     try:
         spec = get_spec(dataset)
         if dataset == 'demo': build_demo_dataset(root, seed=seed, size=size)
-        elif download: globals()['download'](dataset, root, checksums=_read_checksums(checksums))
+        elif download: globals()['download'](dataset, root, checksums=_read_checksums(checksums), delete_archives=delete_archives)
         r = verify(dataset, root)
     except DatasetError as e:
         print(f"prepare {dataset}: {e}", file=sys.stderr); return 1

@@ -21,7 +21,7 @@ from .core import (atomic_path, get_device, list_images, load_pil, resize_short_
 from .datasets import DatasetError, get_spec, load_dataset, make_splits
 from .metrics import correlations, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
-from .scoring import get_scorer, register_scorer, score_files
+from .scoring import get_scorer, register_scorer, score_files, set_precision
 
 # %% auto #0
 __all__ = ['RGB2GRAY', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'METRIC_KEYS', 'SCORE_COLS', 'rgb2gray_matlab', 'cubic_kernel',
@@ -293,23 +293,36 @@ class NIQEScorer:
     def __init__(self,
                  model:NIQEModel, # pristine model
                  name:str='niqe', # name reported in CSV files
+                 processes:int=1, # processes computing the images of a batch in parallel (1: this process)
                 ):
         self.model, self.name, self.device = model, name, torch.device('cpu')
         self.block_size = int(model.meta.get('block_size', 96)); self.mscn_fit = model.meta.get('mscn_fit', 'aggd')
+        self.processes, self._pool = max(1, int(processes)), None
+
+    def _one(self, im:np.ndarray) -> float:
+        try: return niqe_score(im, self.model, self.block_size, self.mscn_fit)
+        except ValueError: return float('nan')
 
     def score_batch(self, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (or uint8)
                    ) -> torch.Tensor:
-        "NIQE of each image, float64 (B,); NaN where the image is smaller than one block."
-        if x.dtype == torch.uint8: x = x.float() / 255
-        out = []
-        for im in x:
-            try: out.append(niqe_score(im, self.model, self.block_size, self.mscn_fit))
-            except ValueError: out.append(float('nan'))
+        "NIQE of each image, float64 (B,); NaN where the image is smaller than one block; images spread over `processes`."
+        ims = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) if x.dtype == torch.uint8 else im.float() for im in x]
+        if self.processes > 1 and len(ims) > 1:
+            if self._pool is None:
+                import concurrent.futures, multiprocessing as mp
+                self._pool = concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=mp.get_context('spawn'))
+            out = list(self._pool.map(self._one, ims))
+        else: out = [self._one(im) for im in ims]
         return torch.tensor(out, dtype=torch.float64)
+
+    def __getstate__(self): return {**self.__dict__, '_pool': None}   # what worker processes receive
+    def __del__(self):
+        if getattr(self, '_pool', None) is not None: self._pool.shutdown(wait=False, cancel_futures=True)
 
 def niqe_scorer(weights:str|None=None, # NIQE parameters file (same as `niqe_params`)
                 niqe_params:str|None=None, # official `modelparameters.mat`, a `save_niqe_params` file, or a folder of pristine images to fit on
                 device:str='auto', # ignored: NIQE runs on the CPU
+                processes:int=1, # processes computing a batch's images in parallel (results equal to one process)
                 **kwargs, # other scorer options (ignored)
                ) -> NIQEScorer:
     "Build the NIQE scorer from a parameters file or a folder of pristine images."
@@ -320,7 +333,7 @@ def niqe_scorer(weights:str|None=None, # NIQE parameters file (same as `niqe_par
     p = Path(src)
     model = fit_niqe(p) if p.is_dir() else load_niqe_params(p)
     model.meta.setdefault('source', str(p))
-    return NIQEScorer(model)
+    return NIQEScorer(model, processes=processes)
 
 # %% ../nbs/08_evaluate.ipynb #ee7aba08
 CLIPIQA_PROMPTS = [('Good photo.', 'Bad photo.')]
@@ -533,6 +546,7 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                  split:str='all', # 'all' images, or 'test' (official split, or median of 10 random splits)
                  out:str='eval', # output folder (scores.csv, metrics.json, timing.json)
                  device:str='auto', # auto, cpu, cuda, cuda:N
+                 precision:str='auto', # CLIP image tower: auto (CUDA bf16, CPU fp32), fp32, bf16, fp16 (the head stays fp32)
                  batch_size:int=16, # images per forward pass
                  workers:int=0, # DataLoader worker processes
                  niqe_params:str|None=None, # NIQE: official modelparameters.mat, a saved model, or a folder of pristine images
@@ -541,8 +555,8 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
     kw = dict(niqe_params=niqe_params) if model == 'niqe' else {}
     try:
-        scorer = get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
-                            random_init=random_init, device=device, **kw)
+        scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
+                                          random_init=random_init, device=device, **kw), precision)
         m = evaluate(dataset, root, scorer, split=split, out_dir=out, batch_size=batch_size, workers=workers)
     except (DatasetError, FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         print(f"qualiclip evaluate: {e}", file=sys.stderr); return 2

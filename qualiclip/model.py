@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'RELEASED_URL', 'RELEASED_SHA256',
-           'register_tiny_config', 'WeightsUnavailableError', 'create_clip', 'attnpool_nopos', 'resnet_min_side',
-           'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config', 'prompt_features_gap',
-           'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint',
-           'QualiCLIPLoss']
+           'TINY_CONFIG', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS', 'RELEASED_URL',
+           'RELEASED_SHA256', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip', 'attnpool_nopos',
+           'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config',
+           'prompt_features_gap', 'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP',
+           'released_checkpoint', 'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import json, logging, math, os, socket, tempfile, threading, zipfile
@@ -291,7 +291,7 @@ class QualiCLIP(nn.Module):
         self.min_side = resnet_min_side(self.clip.visual) if self.position_free else None
         fixed = None if self.position_free else getattr(self.clip.visual, 'image_size', None)
         self.fixed_size = (fixed, fixed) if isinstance(fixed, int) else (tuple(fixed) if fixed else None)
-        self.amp = 'auto'  # CUDA autocast dtype: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'fp32'
+        self.amp = 'auto'  # precision of the image tower: 'auto' (CUDA: bf16 where supported, else fp16; CPU: fp32), 'bf16', 'fp16' or 'fp32'
         self._channels_last = False
 
     def _embed_dim(self) -> int|None: return getattr(self.clip.visual, 'output_dim', None)
@@ -327,14 +327,16 @@ def encode_image(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any
     v = self.clip.visual
     if self.position_free: f = attnpool_nopos(v.attnpool, v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x))))))
     else: f = v(x)
-    return F.normalize(f, dim=-1) if normalize else f
+    if not normalize: return f
+    with torch.autocast(f.device.type, enabled=False): return F.normalize(f.float(), dim=-1)  # fp32 under mixed precision
 
 @patch
 def similarities(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                 ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of each image to each (positive, negative) prompt."
-    f = self.encode_image(x).float()
-    return (f @ self.text_features.T).view(f.shape[0], -1, 2)
+    f = self.encode_image(x)
+    with torch.autocast(f.device.type, enabled=False):  # the cosine in fp32: mixed precision would round it before the x100 scale
+        return (f.float() @ self.text_features.float().T).view(f.shape[0], -1, 2)
 
 @patch
 def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P,2)
@@ -343,11 +345,14 @@ def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P
     return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
 
 # %% ../nbs/03_model.ipynb #edfeff15
-def _amp_dtype(self) -> torch.dtype|None:
-    "Autocast dtype on CUDA (None: fp32)."
-    if self.amp == 'fp32': return None
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+
+def _amp_dtype(self, device_type:str='cuda') -> torch.dtype|None:
+    "Autocast dtype of the image tower on a device type (None: fp32); 'auto' is fp32 on the CPU, where scores stay exact."
+    if self.amp not in PRECISIONS: raise ValueError(f"precision {self.amp!r}: use one of {', '.join(PRECISIONS)}.")
+    if self.amp == 'fp32' or (self.amp == 'auto' and device_type != 'cuda'): return None
     if self.amp == 'fp16': return torch.float16
-    if self.amp == 'bf16' or torch.cuda.is_bf16_supported(): return torch.bfloat16
+    if self.amp == 'bf16' or device_type != 'cuda' or torch.cuda.is_bf16_supported(): return torch.bfloat16
     return torch.float16
 
 @patch
@@ -360,10 +365,8 @@ def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1]
         x = x.to(self.device, non_blocking=True)
         if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
         x = self._check_input(x).contiguous(memory_format=torch.channels_last)
-        if x.device.type == 'cuda':
-            dt = _amp_dtype(self)
-            with torch.autocast('cuda', dtype=dt or torch.float32, enabled=dt is not None): cos = self.similarities(x)
-        else: cos = self.similarities(x.float())
+        dt = _amp_dtype(self, x.device.type)
+        with torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=dt is not None): cos = self.similarities(x)
         return self.logits_to_score(cos)
     finally:
         for m, t in modes: m.training = t

@@ -11,10 +11,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from .datasets import DISK_SPACE
 from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, seed_everything, write_demo_photos
 
 # %% auto #0
-__all__ = ['DISK_SPACE', 'NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
+__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
            'pool_archive_members', 'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive',
            'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'pristine_cmd',
            'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd',
@@ -56,10 +57,6 @@ def train_config(params:str|dict='params.yaml', # params file or dict (the profi
     return TrainConfig.from_params(cfg)
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e003
-DISK_SPACE = {'koniq10k': '3 GB (1024x768 images)', 'clive': '0.5 GB', 'flive': '5.5 GB', 'spaq': '35 GB',
-              'live': '0.7 GB', 'csiq': '0.4 GB', 'tid2013': '1.2 GB (2.3 GB while the RAR is unpacked)',
-              'kadid10k': '2.5 GB', 'agiqa3k': '0.2 GB', 'pipal': '6 GB',
-              'kadis700k': 'about 25 GB for ref_imgs/ (estimate; the whole archive is larger, only ref_imgs/ is unpacked)'}
 NIQE_RELEASE = 'https://live.ece.utexas.edu/research/quality/niqe_release.zip'
 RELEASED_PAGE = 'https://github.com/miccunifi/QualiCLIP (GitHub release asset qualiclip.pth)'
 
@@ -390,14 +387,15 @@ def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.
                     ) -> int:
     "Evaluate one model of the profile on each of its datasets (one process, the model loaded once): `<evaluate.out>/<model>/<dataset>/`."
     from qualiclip.evaluate import evaluate
-    from qualiclip.scoring import get_scorer
+    from qualiclip.scoring import get_scorer, set_precision
     p = load_params(params); ev = p.get('evaluate') or {}; models = evaluate_models(p)
     if model not in models: raise ValueError(f"No model {model!r} in this profile; it evaluates {sorted(models)}.")
     kind, weights, datasets = models[model]
     if not weights or not resolve(weights).exists():
         raise FileNotFoundError(f"{weights}: the weights of {model} are not there; `qualiclip check` says how to get them.")
-    kw = {'niqe_params': str(resolve(weights))} if kind == 'niqe' else {'weights': str(resolve(weights))}
-    scorer = get_scorer(kind, device=p.get('device', 'auto'), **kw)
+    kw = ({'niqe_params': str(resolve(weights)), 'processes': int(ev.get('niqe_processes', 1))} if kind == 'niqe'
+          else {'weights': str(resolve(weights))})
+    scorer = set_precision(get_scorer(kind, device=p.get('device', 'auto'), **kw), ev.get('precision', 'auto') if kind != 'niqe' else 'auto')
     index, out = resolve((p.get('prepare') or {}).get('index', 'data/index')), resolve(ev.get('out', 'outputs/eval'))/model
     failed = []
     for d in datasets:

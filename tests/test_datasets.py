@@ -295,3 +295,20 @@ def test_csiq_flat_repackaged_layout(tmp_path):
     shutil.rmtree(r/'dst_imgs')
     got = load_dataset('csiq', r)
     assert got.mos.tolist() == want.mos.tolist() and got.image.str.startswith('dst_imgs_all/').all()
+
+
+def test_delete_archives_after_verification(minis, tmp_path, capsys):
+    "With delete_archives the archives this call downloaded are deleted once the dataset verifies; a re-run fetches nothing."
+    src = miniature_sources('kadid10k', minis['kadid10k'], tmp_path/'src')
+    urls = {fn: p.as_uri() for fn, p in src.items()}
+    root = tmp_path/'root'
+    download('kadid10k', root, progress=True, urls=urls, delete_archives=True)
+    err = capsys.readouterr().err
+    assert 'needs 2.5 GB of disk' in err and 'deleted kadid10k.zip' in err, err
+    assert not (root/'kadid10k.zip').exists() and len(load_dataset('kadid10k', root)) == 12
+    assert json.loads((root/LOCK_NAME).read_text())['extracted']['kadid10k.zip'] == sha256sum(src['kadid10k.zip'])
+    download('kadid10k', root, progress=False, urls={'kadid10k.zip': 'http://127.0.0.1:9/gone.zip'})   # nothing to fetch
+    # an archive the user put there by hand is never deleted
+    root2 = tmp_path/'root2'; root2.mkdir(); (root2/'kadid10k.zip').write_bytes(src['kadid10k.zip'].read_bytes())
+    download('kadid10k', root2, progress=False, urls=urls, delete_archives=True)
+    assert (root2/'kadid10k.zip').exists()
