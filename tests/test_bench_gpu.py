@@ -114,10 +114,16 @@ def test_paper_smoke_gpu_profile_is_the_smoke_profile_on_cuda():
     cpu, gpu = (yaml.safe_load((ROOT / 'params' / f).read_text()) for f in ('paper-smoke.yaml', 'paper-smoke-gpu.yaml'))
     assert gpu['device'] == 'cuda' and gpu['train']['precision'] == 'bf16' and gpu['train']['compile'] is True
     assert gpu['profile'] == 'paper-smoke-gpu'
-    changed = {'profile': None, 'device': None, 'train': {'precision': None, 'compile': None}}
-    def strip(p): return {k: ({kk: vv for kk, vv in v.items() if kk not in changed['train']} if k == 'train' else v)
+    assert gpu['evaluate']['precision'] == 'bf16'
+    changed = {'train': ('precision', 'compile'), 'evaluate': ('precision',)}   # and profile, device
+    def strip(p): return {k: ({kk: vv for kk, vv in v.items() if kk not in changed[k]} if k in changed else v)
                           for k, v in p.items() if k not in ('profile', 'device')}
-    assert strip(cpu) == strip(gpu)   # nothing else differs
+    def flat(d, pre=''):
+        return {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f'{pre}{k}.').items() if isinstance(v, dict) else [(f'{pre}{k}', v)])}
+    a, b = flat(strip(cpu)), flat(strip(gpu))
+    drift = sorted(k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>'))
+    assert not drift, (f"params/paper-smoke-gpu.yaml must be params/paper-smoke.yaml with device cuda, train.precision bf16, "
+                       f"train.compile true and evaluate.precision bf16; copy these changes over: {drift}")
     cfg = train_config(gpu)           # every key is a real TrainConfig key
     assert cfg.device == 'cuda' and cfg.precision == 'bf16' and cfg.compile is True
     for name in gpu['ablations']: assert train_config(gpu, ablation=name).compile is True
