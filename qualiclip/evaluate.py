@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .core import (atomic_path, get_device, list_images, load_pil, resize_short_side, demo_photo,
                             write_demo_photos, ImageReadError)
 from .datasets import DatasetError, get_spec, load_dataset, make_splits
-from .metrics import correlations, srcc
+from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
 from .scoring import get_scorer, register_scorer, score_files, set_precision
 
@@ -27,7 +27,8 @@ from .scoring import get_scorer, register_scorer, score_files, set_precision
 __all__ = ['RGB2GRAY', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'METRIC_KEYS', 'SCORE_COLS', 'rgb2gray_matlab', 'cubic_kernel',
            'resize_weights', 'imresize_matlab', 'gaussian_window', 'mscn', 'ggd_fit', 'aggd_fit', 'niqe_block_features',
            'niqe_features', 'NIQEModel', 'fit_niqe', 'niqe_score', 'save_niqe_params', 'load_niqe_params', 'NIQEScorer',
-           'niqe_scorer', 'clipiqa_scorer', 'scorer_tag', 'select_split', 'compute_metrics', 'evaluate', 'evaluate_cmd']
+           'niqe_scorer', 'clipiqa_scorer', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate',
+           'evaluate_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table']
 
 # %% ../nbs/08_evaluate.ipynb #bf2ca762
 RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # first row of inv(NTSC matrix), as MATLAB
@@ -428,13 +429,19 @@ def _write_scores(rows:pd.DataFrame, path:Path) -> None:
     cols = SCORE_COLS + [c for c in rows.columns if c not in SCORE_COLS and not c.startswith('_')]
     with atomic_path(path) as t: rows.reindex(columns=cols).to_csv(t, index=False)
 
-def _score_rows(rows:pd.DataFrame, scorer, batch_size:int, workers:int) -> pd.DataFrame:
-    "Score a block of rows (grouped by each row's `resize_short`): DataFrame(path, score, width, height, error)."
+def score_rows(rows:pd.DataFrame, # rows of a dataset table (`path`, and the registry's `resize_short` policy per image)
+               scorer, # a scorer (see `qualiclip.scoring.get_scorer`)
+               batch_size:int=16, # most images per forward pass
+               workers:int=0, # decoding processes
+               embeddings:bool=False, # also the L2-normalised image features (column `embedding`)
+              ) -> pd.DataFrame:
+    "Score dataset rows through the streaming loader, each with its dataset's preprocessing (`resize_short`): DataFrame(path, score, width, height, error)."
     res = []
     rs = rows['resize_short'] if 'resize_short' in rows else pd.Series(np.nan, index=rows.index)
     for r, grp in rows.groupby(rs.fillna(0)):
         paths = [glob.escape(p) if any(c in p for c in '*?[') else p for p in grp.path]  # names are not patterns
-        out = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=int(r) or None, progress=False)
+        out = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=int(r) or None, progress=False,
+                          embeddings=embeddings)
         res.append(out.assign(path=grp.path.values))
     return pd.concat(res, ignore_index=True) if res else pd.DataFrame(columns=['path', 'score', 'width', 'height', 'error'])
 
@@ -509,7 +516,7 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
     bar = tqdm(total=len(todo), desc=f'{dataset} {getattr(scorer, "name", "")}', disable=not progress)
     for s in range(0, len(todo), chunk):
         idx = todo[s:s + chunk]
-        got = _score_rows(df.loc[idx], scorer, batch_size, workers).set_index('path')
+        got = score_rows(df.loc[idx], scorer, batch_size, workers).set_index('path')
         got = got[~got.index.duplicated()]
         sub = got.reindex(df.loc[idx, 'path'].values)
         df.loc[idx, 'score'] = sub.score.astype(float).values
@@ -562,3 +569,65 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
         print(f"qualiclip evaluate: {e}", file=sys.stderr); return 2
     print(json.dumps({k: m[k] for k in ('srcc', 'plcc', 'plcc_logistic', 'krcc', 'n') if k in m}))
     return 0 if m.get('srcc') is not None else 1
+
+# %% ../nbs/08_evaluate.ipynb #604dd849
+def oriented(scores:pd.DataFrame, # a scores.csv table (score, mos, higher_better, score_higher_better)
+            ) -> tuple[np.ndarray, np.ndarray]:
+    "(prediction, quality) of the scored rows, both better-is-higher (NIQE and DMOS flipped)."
+    ok = scores[scores.score.notna() & scores.mos.notna()]
+    sp = 1.0 if ok.get('score_higher_better', pd.Series([True])).astype(bool).iloc[0] else -1.0
+    sq = 1.0 if ok.get('higher_better', pd.Series([True])).astype(bool).iloc[0] else -1.0
+    return sp * ok.score.to_numpy(float), sq * ok.mos.to_numpy(float)
+
+def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
+                    dataset:str, # its name (the registry says whether an official split exists)
+                    n_splits:int=10, # seeded splits when there is no official one
+                    split_seed:int=0, # their seed
+                   ) -> tuple[list[np.ndarray], str]:
+    "Row positions of each test split and the protocol's name: the official test split, or N seeded 70/10/20 splits."
+    ok = scores[scores.score.notna() & scores.mos.notna()].reset_index(drop=True)
+    if get_spec(dataset).official_split and 'split' in ok and (ok['split'] == 'test').any():
+        return [np.flatnonzero(ok['split'].to_numpy() == 'test')], 'official test split'
+    s = make_splits(ok, n=n_splits, seed=split_seed)
+    return [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)], f'median of {n_splits} seeded 70/10/20 test splits'
+
+def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
+                  dataset:str, # its name
+                  n_boot:int=1000, # bootstrap resamples
+                  seed:int=0, # seed of the resampling
+                  n_splits:int=10, # seeded splits when there is no official one
+                  split_seed:int=0, # their seed
+                 ) -> list[dict]:
+    "One row per protocol (whole dataset, test splits): SRCC and PLCC with 95% bootstrap intervals, n, protocol name."
+    p, q = oriented(scores)
+    sets, name = test_split_sets(scores, dataset, n_splits, split_seed)
+    rng = np.random.default_rng(seed); out = []
+    for proto, parts in (('whole dataset', [np.arange(len(p))]), (f'test splits ({name})', sets)):
+        row = {'protocol': proto, 'n': int(np.median([len(i) for i in parts]))}
+        for k, fn in (('srcc', srcc), ('plcc', plcc)):
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                v = float(np.median([fn(p[i], q[i]) for i in parts]))
+                boot = [np.median([fn(p[j], q[j]) for j in (i[rng.integers(0, len(i), len(i))] for i in parts)]) for _ in range(n_boot)]
+            boot = np.asarray(boot, float); boot = boot[np.isfinite(boot)]
+            lo, hi = np.quantile(boot, [0.025, 0.975]) if len(boot) else (np.nan, np.nan)
+            row.update({k: v, f'{k}_low': float(lo), f'{k}_high': float(hi)})
+        out.append(row)
+    return out
+
+def write_table(table:pd.DataFrame, # the table (all columns, written as CSV)
+                md:str, # its Markdown rendering, caption included
+                csv_path:str|Path, # destination of the CSV
+                md_path:str|Path, # destination of the Markdown
+                metrics:dict|None=None, # small summary for `dvc metrics` (JSON)
+                metrics_path:str|Path|None=None, # its destination
+               ) -> None:
+    "Write a paper table as CSV + Markdown (+ a metrics JSON), each atomically."
+    with atomic_path(csv_path) as t: table.to_csv(t, index=False)
+    with atomic_path(md_path) as t: Path(t).write_text(md)
+    if metrics is not None and metrics_path is not None:
+        with atomic_path(metrics_path) as t: Path(t).write_text(json.dumps(_clean_tree(metrics), indent=1) + '\n')
+
+def _clean_tree(d):
+    if isinstance(d, dict): return {k: _clean_tree(v) for k, v in d.items()}
+    return _clean(d)

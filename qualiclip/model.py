@@ -334,8 +334,13 @@ def encode_image(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any
 def similarities(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                 ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of each image to each (positive, negative) prompt."
-    f = self.encode_image(x)
-    with torch.autocast(f.device.type, enabled=False):  # the cosine in fp32: mixed precision would round it before the x100 scale
+    return self.features_to_cos(self.encode_image(x))
+
+@patch
+def features_to_cos(self:QualiCLIP, f:torch.Tensor, # L2-normalised image features (B,D)
+                   ) -> torch.Tensor:
+    "Cosine similarities (B,P,2) of image features to each prompt, in fp32 even under autocast."
+    with torch.autocast(f.device.type, enabled=False):  # mixed precision would round the cosine before the x100 scale
         return (f.float() @ self.text_features.float().T).view(f.shape[0], -1, 2)
 
 @patch
@@ -357,19 +362,25 @@ def _amp_dtype(self, device_type:str='cuda') -> torch.dtype|None:
 
 @patch
 @torch.no_grad()
-def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
-               ) -> torch.Tensor:
-    "Quality scores (B,) float32 on the model's device; no gradient, eval mode."
+def score_and_embed(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Quality scores (B,) and L2-normalised image features (B,D), float32 on the model's device; no gradient, eval mode."
     modes = [(m, m.training) for m in self.modules()]; self.eval()  # restored exactly afterwards (trainers mix modes)
     try:
         x = x.to(self.device, non_blocking=True)
         if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
         x = self._check_input(x).contiguous(memory_format=torch.channels_last)
         dt = _amp_dtype(self, x.device.type)
-        with torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=dt is not None): cos = self.similarities(x)
-        return self.logits_to_score(cos)
+        with torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=dt is not None): f = self.encode_image(x)
+        return self.logits_to_score(self.features_to_cos(f)), f
     finally:
         for m, t in modes: m.training = t
+
+@patch
+def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
+               ) -> torch.Tensor:
+    "Quality scores (B,) float32 on the model's device; no gradient, eval mode."
+    return self.score_and_embed(x)[0]
 
 @patch
 def quality(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (float), on any device

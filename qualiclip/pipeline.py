@@ -419,9 +419,10 @@ def paper_params(params:str|dict, # the profile
     root = str(prep.get('root', 'data/datasets')).rstrip('/'); ours, start = _checkpoints(p)
     shared = {'eval_dir': ev.get('out'), 'device': p.get('device'), 'seed': p.get('seed'),
               'weights': ours, 'clip_weights': start, 'clipiqa_weights': start,
-              'runs_dir': p.get('ablations_dir'), 'roots': {d: f"{root}/{d}" for d in prep.get('datasets') or []}}
-    keys = {'T1_opinion_unaware': ['eval_dir', 'seed'], 'T2_cross_dataset': ['roots', 'weights', 'clip_weights', 'device', 'seed'],
-            'T3_ablations': ['runs_dir', 'device', 'seed'], 'F1_levels': ['eval_dir'],
+              'runs_dir': p.get('ablations_dir'), 'roots': {d: f"{root}/{d}" for d in prep.get('datasets') or []},
+              'index_dir': prep.get('index', 'data/index'), 'workers': int(ev.get('workers', 0))}
+    keys = {'T1_opinion_unaware': ['eval_dir', 'seed'], 'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
+            'T3_ablations': ['runs_dir', 'index_dir', 'workers', 'device', 'seed'], 'F1_levels': ['eval_dir'],
             'F2_gradcam': ['weights', 'clipiqa_weights', 'device'], 'F3_gmad': ['eval_dir']}.get(name, [])
     dup = sorted(set(keys) & set(sec))
     if dup: raise ValueError(f"paper.{name}.{dup[0]} comes from the rest of the profile; remove it from paper.{name}.")
@@ -462,13 +463,25 @@ def _val_curve(run:Path) -> pd.DataFrame|None:
     except (ValueError, OSError): return None
     return df if {'step', 'val_srcc'} <= set(df.columns) and len(df) else None
 
+def _srcc_only(md:str, # a markdown table (header, rule, rows) followed by notes
+                width:int=160, # tables wider than this keep their model and SRCC columns only
+               ) -> str:
+    "A wide T1 table narrowed to its SRCC columns (the PLCC ones stay in the file); narrow tables unchanged."
+    lines = md.strip().splitlines()
+    rows = [i for i, l in enumerate(lines) if l.startswith('|')]
+    if not rows or max(len(lines[i]) for i in rows) <= width: return md.strip()
+    cells = {i: [x.strip() for x in lines[i].strip().strip('|').split('|')] for i in rows}
+    keep = [j for j, h in enumerate(cells[rows[0]]) if j == 0 or not h.upper().endswith('PLCC')]
+    for i in rows: lines[i] = '| ' + ' | '.join(cells[i][j] for j in keep if j < len(cells[i])) + ' |'
+    return '\n'.join(lines) + '\n(PLCC columns: see the file)'
+
 def summary(params:str|dict='params.yaml', # the profile
            ) -> tuple[str, list[str]]:
     "(a short readable report of the profile's results, the results that are missing)."
     p = _params(params); lines, missing = [f"QualiCLIP-reproduced: profile {p.get('profile', '?')}", ''], []
     t1 = ((p.get('paper') or {}).get('T1_opinion_unaware') or {}).get('out_md', 'outputs/tables/T1_opinion_unaware.md')
     f = resolve(t1)
-    if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", f.read_text().strip(), '']
+    if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", _srcc_only(f.read_text()), '']
     else: missing.append(f"the T1 table {t1}")
     out = (p.get('train') or {}).get('out', 'runs/train'); run = resolve(out)
     m = json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').is_file() else None

@@ -139,7 +139,8 @@ def similarities(self:QualiCLIPPlus, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
 def features_to_cos(self:QualiCLIPPlus, f:torch.Tensor, # L2-normalised image features (B,E)
                    ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of image features to the learned prompts."
-    return (f.float() @ self.prompt_features().T).view(f.shape[0], -1, 2)
+    with torch.autocast(f.device.type, enabled=False):   # fp32 under mixed precision, as the base model's head
+        return (f.float() @ self.prompt_features().float().T).view(f.shape[0], -1, 2)
 
 @patch
 def logits_to_score(self:QualiCLIPPlus, cos:torch.Tensor, # cosine similarities (B,P,2)

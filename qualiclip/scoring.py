@@ -139,13 +139,17 @@ def score_files(paths, # image files, folders or glob patterns
                 progress:bool=True, # show a tqdm progress bar
                 max_buffered:int|None=None, # images held across size buckets before the fullest is flushed (default 4*batch_size; also at most 4 batches' pixels)
                 keep_on_interrupt:bool=False, # on Ctrl-C return the rows scored so far (the others marked) instead of raising
+                embeddings:bool=False, # also return each image's L2-normalised features (column `embedding`; scorers with `score_and_embed`)
                ) -> pd.DataFrame:
-    "Score files; one row per file in input order: path, score, width, height, error, model, higher_better."
+    "Score files; one row per file in input order: path, score, width, height, error, model, higher_better (, embedding)."
     if resize_short is not None and int(resize_short) < 1:
         raise ValueError(f"resize_short={resize_short}: give a positive number of pixels, or None for native resolution.")
     items = _expand(paths, recursive)
     rows = [{'path': p, 'score': math.nan, 'width': math.nan, 'height': math.nan, 'error': e} for p, e in items]
     todo = [i for i, r in enumerate(rows) if not r['error']]
+    if embeddings and not hasattr(scorer, 'score_and_embed'):
+        raise ValueError(f"{getattr(scorer, 'name', 'this model')} has no image embedding; embeddings=True needs a CLIP-based scorer.")
+    emb = {}
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short, max_pixels), batch_size=None, shuffle=False,
                     num_workers=workers, collate_fn=_as_is,
@@ -159,7 +163,9 @@ def score_files(paths, # image files, folders or glob patterns
 
     def collect():  # scores stay on the device until here, so decoding and stacking overlap the forward passes
         for idx, s in pending:
-            try: vals = s.float().cpu().tolist()
+            try:
+                if embeddings: s, f = s; emb.update(zip(idx, f.float().cpu().numpy()))
+                vals = s.float().cpu().tolist()
             except Exception as e: fail(idx, e); continue
             for j, v in zip(idx, vals):
                 if math.isfinite(v): rows[j]['score'] = v
@@ -172,7 +178,7 @@ def score_files(paths, # image files, folders or glob patterns
         idx, imgs = zip(*buckets.pop(key)); held -= len(idx); held_px -= len(idx) * key[0] * key[1]
         buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
         x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)  # (B,3,H,W) view in channels_last layout: no copy
-        try: pending.append((idx, scorer.score_batch(x).detach()))
+        try: pending.append((idx, tuple(t.detach() for t in scorer.score_and_embed(x)) if embeddings else scorer.score_batch(x).detach()))
         except Exception as e: fail(idx, e)
         if len(pending) >= 8: collect()
         return len(idx)
@@ -202,6 +208,7 @@ def score_files(paths, # image files, folders or glob patterns
     df['width'], df['height'] = df.width.astype('Int64'), df.height.astype('Int64')
     df['model'] = getattr(scorer, 'name', type(scorer).__name__)
     df['higher_better'] = bool(getattr(scorer, 'higher_better', True))
+    if embeddings: df['embedding'] = [emb.get(i) if math.isfinite(r['score']) else None for i, r in enumerate(rows)]
     return df
 
 # %% ../nbs/03a_scoring.ipynb #b14e10bd
