@@ -17,9 +17,9 @@ from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, 
 # %% auto #0
 __all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
            'pool_archive_members', 'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive',
-           'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'pristine_cmd',
-           'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd',
-           'summary', 'summary_cmd']
+           'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'index_pool',
+           'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models',
+           'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e002
 def resolve(p:str|Path, # a path from a params file: relative to the repository root unless absolute
@@ -326,6 +326,34 @@ def index_cmd(dataset:str, # dataset name, e.g. koniq10k
     print(f"index {dataset}: {len(df)} images, scores {df.mos.min():.3g}..{df.mos.max():.3g} -> {out}")
     return 0
 
+# %% ../nbs/13_pipeline.ipynb #642f90f3
+def index_pool(folder:str|Path, # a folder of pristine images (searched recursively)
+               out:str|Path, # the list to write (CSV: path relative to the folder, bytes, mtime_ns)
+              ) -> pd.DataFrame:
+    "List a folder's image files with size and modification time, sorted, written atomically; an error when there is none."
+    from qualiclip.core import scan_images
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder; `qualiclip check` says how to get the training pool.")
+    rows = []
+    for f, e in scan_images(folder, recursive=True):
+        st = f.stat() if not e else None
+        rows.append({'path': f.relative_to(folder).as_posix(), 'bytes': st.st_size if st else None,
+                     'mtime_ns': st.st_mtime_ns if st else None, 'error': e})
+    df = pd.DataFrame(rows, columns=['path', 'bytes', 'mtime_ns', 'error'])
+    with atomic_path(out) as t: df.to_csv(t, index=False)
+    return df
+
+def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k/ref_imgs
+                   out:str, # the list, e.g. data/index/pool-kadis700k.csv
+                  ) -> int:
+    "List the training pool's images (size and time of each file) so that DVC depends on the list, not on 140k files."
+    try: df = index_pool(folder, out)
+    except FileNotFoundError as e: print(f"index-pool: {e}", file=sys.stderr); return 2
+    bad = df.error.fillna('') != ''
+    print(f"index-pool: {len(df) - int(bad.sum())} images in {folder} ({df.bytes.sum() / 1e9:.2f} GB) -> {out}"
+          + (f"; {int(bad.sum())} unreadable entries listed, e.g. {df.error[bad].iloc[0]}" if bad.any() else ''))
+    return 0
+
 # %% ../nbs/13_pipeline.ipynb #c0a1e007
 def pristine_cmd(out:str='data/pristine', # folder to write the demo photos into (`<out>/<split>/`)
                 ) -> int:
@@ -464,16 +492,21 @@ def _val_curve(run:Path) -> pd.DataFrame|None:
     return df if {'step', 'val_srcc'} <= set(df.columns) and len(df) else None
 
 def _srcc_only(md:str, # a markdown table (header, rule, rows) followed by notes
-                width:int=160, # tables wider than this keep their model and SRCC columns only
+                width:int=160, # tables wider than this are narrowed
                ) -> str:
-    "A wide T1 table narrowed to its SRCC columns (the PLCC ones stay in the file); narrow tables unchanged."
+    "A wide T1 table narrowed to its SRCC point estimates, aligned (intervals and PLCC stay in the file); narrow tables unchanged."
+    import re
     lines = md.strip().splitlines()
     rows = [i for i, l in enumerate(lines) if l.startswith('|')]
     if not rows or max(len(lines[i]) for i in rows) <= width: return md.strip()
-    cells = {i: [x.strip() for x in lines[i].strip().strip('|').split('|')] for i in rows}
-    keep = [j for j, h in enumerate(cells[rows[0]]) if j == 0 or not h.upper().endswith('PLCC')]
-    for i in rows: lines[i] = '| ' + ' | '.join(cells[i][j] for j in keep if j < len(cells[i])) + ' |'
-    return '\n'.join(lines) + '\n(PLCC columns: see the file)'
+    cells = [[x.strip() for x in lines[i].strip().strip('|').split('|')] for i in rows if not set(lines[i]) <= set('|:- ')]
+    keep = [j for j, h in enumerate(cells[0]) if j == 0 or not h.upper().endswith('PLCC')]
+    tab = [[re.sub(r'\s*\[.*?\]', '', r[j]) if j < len(r) else '' for j in keep] for r in cells]
+    tab[0] = [h[:-5] if h.upper().endswith(' SRCC') else h for h in tab[0]]
+    w = [max(len(r[j]) for r in tab) for j in range(len(keep))]
+    out = ['  '.join(x.ljust(w[j]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(r)).rstrip() for r in tab]
+    notes = [l for k, l in enumerate(lines) if k not in rows and l.strip()]
+    return '\n'.join(['SRCC per dataset (95% intervals and PLCC: see the file)'] + out + notes)
 
 def summary(params:str|dict='params.yaml', # the profile
            ) -> tuple[str, list[str]]:
