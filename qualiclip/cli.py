@@ -32,6 +32,7 @@ COMMANDS = {
     'standin': 'qualiclip.pipeline:standin_cmd',
     'unpack': 'qualiclip.pipeline:unpack_cmd',
     'index': 'qualiclip.pipeline:index_cmd',
+    'index-pool': 'qualiclip.pipeline:index_pool_cmd',
     'pristine': 'qualiclip.pipeline:pristine_cmd',
     'init': 'qualiclip.pipeline:init_cmd',
     'ablate': 'qualiclip.pipeline:ablate_cmd',
@@ -52,7 +53,7 @@ COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); ever
     'score': ('score images', ['score']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights']),
-    'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'pristine', 'distort']),
+    'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),
     'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
     'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench pairs', 'bench train']),
 }

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc"
 ENV = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 PAPER_NBS = sorted((ROOT / "nbs" / "paper").glob("*.ipynb"))
-OPEN_KEYS = {"ablations", "roots", "labels", "start", "released"}  # dicts whose keys are data (names), not settings
+OPEN_KEYS = {"ablations", "roots", "labels", "start", "released", "pools", "fit"}  # dicts whose keys are data (names), not settings
 
 
 def load(p): return yaml.safe_load((ROOT / p).read_text())
@@ -205,3 +205,17 @@ def test_interrupted_training_resumes(tmp_path):
     assert m["step"] == 40
     r = subprocess.run([DVC, "repro", "train"], cwd=d, env=env, capture_output=True, text=True, timeout=300)
     assert "didn't change, skipping" in r.stdout, r.stdout   # and a further repro is a no-op
+
+
+def test_training_pool_is_listed_not_hashed():
+    "Where the training pool is the user's (paper profiles), train depends on its list (stage index_pool), never on its folder."
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "${prepare.pool_dep}" in dvc["train"]["deps"] and "${train.pristine}" not in dvc["train"]["deps"]
+    assert dvc["index_pool"]["do"]["always_changed"] is True and dvc["index_pool"]["foreach"] == "${prepare.pools}"
+    for prof in ("params.yaml", "params/paper.yaml", "params/paper-smoke.yaml", "params/paper-smoke-gpu.yaml"):
+        p = load(prof); prep = p["prepare"]
+        if prep["pools"]:
+            (name, folder), = prep["pools"].items()
+            assert folder == p["train"]["pristine"] and prep["pool_dep"] == f"{prep['index']}/pool-{name}.csv", prof
+        else:
+            assert prep["pool_dep"] == p["train"]["pristine"] == f"{p['pristine']['demo_dir']}/train", prof   # built by the pipeline
