@@ -8,7 +8,7 @@ from qualiclip.core import repo_root
 from qualiclip.prompts import RECIPE, prompts_key, prompts_recipe
 
 ROOT = repo_root()
-PROFILES = ['params.yaml', 'params/paper.yaml', 'params/paper-smoke.yaml']
+PROFILES = ['params.yaml'] + sorted(str(f.relative_to(ROOT)) for f in (ROOT / 'params').glob('*.yaml'))   # every profile
 
 
 @pytest.mark.parametrize('f', PROFILES)
