@@ -7,7 +7,7 @@ __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'set_precision', 'g
            'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'one_at_a_time', 'bench_cpu_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
-import json, math, os, sys, tempfile, time
+import json, math, os, sys, tempfile, time, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .core import ImageReadError, atomic_path, get_device, load_pil, resize_short_side, scan_images
-from .model import DEFAULT_BACKBONE, PRECISIONS, QualiCLIP
+from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
 SCORERS = {}
@@ -228,6 +228,8 @@ def _ranked_table(df:pd.DataFrame, # table from `score_files`
 
 def score_cmd(paths:list[str], # image files, folders or glob patterns (folders: .jpg .jpeg .png .bmp .tif .tiff .webp, .gif (first frame), .heic/.heif/.avif with their Pillow plug-in)
               weights:str|None=None, # QualiCLIP checkpoint in the official layout (e.g. the released qualiclip.pth)
+              niqe_params:str|None=None, # NIQE (--model niqe): the official modelparameters.mat, a saved model, or a folder of pristine images
+              temperature:float=1.0, # CLIP models: softmax(100 * cosine / temperature); 1 = the authors' code, 2 = pyiqa's port
               out:str='scores.csv', # CSV to write (path, score, width, height, error, model, higher_better)
               model:str='qualiclip', # scorer: qualiclip, clipiqa, niqe, ...
               backbone:str|None=None, # open_clip config (default: inferred from --weights, else RN50-quickgelu)
@@ -247,9 +249,14 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns (folders:
     130 interrupted (the rows scored so far written, the others marked 'not scored: interrupted')."""
     try:
         _check_out(out)
+        if model == 'niqe' and weights and not niqe_params:
+            warnings.warn("--weights for NIQE's parameters is deprecated: use --niqe-params (as `qualiclip evaluate` does).", FutureWarning)
+            niqe_params, weights = weights, None
+        if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a positive number (1: the authors' code, 2: pyiqa).")
+        kw = {'niqe_params': niqe_params} if model == 'niqe' else ({'scale': OFFICIAL_SCALE / temperature} if temperature != 1 else {})
         if resize_short is not None and resize_short < 1: raise ValueError(f"--resize-short {resize_short}: give a positive number of pixels.")
         scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init,
-                                          device=device), precision)
+                                          device=device, **kw), precision)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"qualiclip score: error: {e}", file=sys.stderr); return 2
     df = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=resize_short,

@@ -45,3 +45,22 @@ def test_evaluate_cli_wrong_root(tmp_path):
 def test_evaluate_cli_help():
     r = run_cli('evaluate', '--help')
     assert r.returncode == 0 and '--niqe-params' in r.stdout and '--split' in r.stdout
+
+
+def test_score_niqe_params_spelling(tmp_path):
+    "`qualiclip score --model niqe` takes --niqe-params as evaluate does; the old --weights spelling warns and gives the same scores."
+    import warnings
+    import pandas as pd
+    from qualiclip.core import write_demo_photos
+    from qualiclip.evaluate import fit_niqe, save_niqe_params
+    from qualiclip.scoring import score_cmd
+    photos = write_demo_photos(tmp_path / 'train', 'train')
+    npz = save_niqe_params(fit_niqe(tmp_path / 'train'), tmp_path / 'niqe.npz')
+    test = write_demo_photos(tmp_path / 'test', 'test')
+    assert score_cmd([str(tmp_path / 'test')], model='niqe', niqe_params=str(npz), out=str(tmp_path / 'a.csv')) == 0
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert score_cmd([str(tmp_path / 'test')], model='niqe', weights=str(npz), out=str(tmp_path / 'b.csv')) == 0
+    assert any(issubclass(x.category, FutureWarning) and '--niqe-params' in str(x.message) for x in w)
+    a, b = pd.read_csv(tmp_path / 'a.csv'), pd.read_csv(tmp_path / 'b.csv')
+    assert a.score.notna().all() and a.score.tolist() == b.score.tolist()
