@@ -16,6 +16,7 @@ COMMANDS = {
     'score': 'qualiclip.scoring:score_cmd',
     'bench score': 'qualiclip.scoring:bench_score_cmd',
     'bench cpu-score': 'qualiclip.scoring:bench_cpu_cmd',
+    'bench models': 'qualiclip.evaluate:bench_models_cmd',
     'distort': 'qualiclip.distortions:distort_cmd',
     'distortion-grid': 'qualiclip.distortions:distortion_grid_cmd',
     'bench pairs': 'qualiclip.pairs:bench_pairs_cmd',
@@ -55,7 +56,7 @@ COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); ever
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),
     'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
-    'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench pairs', 'bench train']),
+    'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench models', 'bench pairs', 'bench train']),
 }
 
 def command_summary(name:str, # a key of COMMANDS

@@ -5,7 +5,7 @@
 # %% ../nbs/08_evaluate.ipynb #3d697211
 from __future__ import annotations
 
-import glob, json, os, re, sys, time, warnings
+import glob, json, os, re, sys, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ __all__ = ['RGB2GRAY', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'METRIC_KEYS', 'SC
            'resize_weights', 'imresize_matlab', 'gaussian_window', 'mscn', 'ggd_fit', 'aggd_fit', 'niqe_block_features',
            'niqe_features', 'NIQEModel', 'fit_niqe', 'niqe_score', 'save_niqe_params', 'load_niqe_params', 'NIQEScorer',
            'niqe_scorer', 'clipiqa_scorer', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate',
-           'evaluate_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table']
+           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table']
 
 # %% ../nbs/08_evaluate.ipynb #bf2ca762
 RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # first row of inv(NTSC matrix), as MATLAB
@@ -569,6 +569,44 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
         print(f"qualiclip evaluate: {e}", file=sys.stderr); return 2
     print(json.dumps({k: m[k] for k in ('srcc', 'plcc', 'plcc_logistic', 'krcc', 'n') if k in m}))
     return 0 if m.get('srcc') is not None else 1
+
+# %% ../nbs/08_evaluate.ipynb #19b3e5f0
+def bench_models_cmd(n:int=32, # synthetic 1024x768 JPEGs (and at most this many demo images)
+                     backbone:str='RN50-quickgelu', # open_clip config of the CLIP models (random weights)
+                     models:list[str]=['qualiclip', 'clipiqa', 'niqe'], # the models to time
+                     device:str='auto', # device of the CLIP models
+                     precision:str='auto', # CLIP image tower precision
+                     batch_size:int=16, # images per forward pass
+                     workers:int=1, # decoding processes
+                     niqe_processes:int=2, # NIQE processes
+                     width:int=1024, # synthetic image width
+                     height:int=768, # synthetic image height
+                    ) -> int:
+    "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line."
+    from qualiclip.core import write_demo_photos
+    from qualiclip.datasets import build_demo_dataset
+    from qualiclip.scoring import synthetic_jpegs
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        demo = load_dataset('demo', build_demo_dataset(d/'demo')).path.tolist()[:n]
+        synth = [str(f) for f in synthetic_jpegs(d/'synth', n, width, height)]
+        write_demo_photos(d/'pristine', 'train')
+        for name in models:
+            if name == 'niqe': sc = niqe_scorer(niqe_params=str(d/'pristine'), processes=niqe_processes)
+            else: sc = set_precision(get_scorer(name, backbone=backbone, random_init=True, device=device), precision)
+            for what, files in (('demo', demo), (f'synthetic {width}x{height}', synth)):
+                score_files(files[:2], sc, batch_size=batch_size, progress=False)             # warm-up (and pool start)
+                t0 = time.perf_counter(); df = score_files(files, sc, batch_size=batch_size, workers=workers, progress=False)
+                dt = time.perf_counter() - t0
+                rows.append({'model': name, 'images': what, 'n': len(files), 'failed': int(df.score.isna().sum()),
+                             'seconds': round(dt, 2), 'images_per_s': round(len(files) / dt, 3)})
+            del sc
+    print(f"bench models: {backbone} (random weights) on {device}, precision {precision}, batch {batch_size}, "
+          f"{workers} decode workers, NIQE in {niqe_processes} processes, {os.cpu_count()} CPUs")
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(json.dumps({'bench': 'models', 'backbone': backbone, 'rows': rows}))
+    return 0
 
 # %% ../nbs/08_evaluate.ipynb #604dd849
 def oriented(scores:pd.DataFrame, # a scores.csv table (score, mos, higher_better, score_higher_better)
