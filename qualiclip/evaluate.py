@@ -362,8 +362,7 @@ def clipiqa_scorer(weights:str|None=None, # a checkpoint in the official QualiCL
     m.name = 'clipiqa-ensemble' if ensemble else 'clipiqa'
     return m
 
-register_scorer('niqe', niqe_scorer)
-register_scorer('clipiqa', clipiqa_scorer)
+
 
 # %% ../nbs/08_evaluate.ipynb #0c37c6ba
 METRIC_KEYS = ('srcc', 'plcc', 'plcc_logistic', 'krcc')
@@ -557,10 +556,11 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                  batch_size:int=16, # images per forward pass
                  workers:int=0, # DataLoader worker processes
                  niqe_params:str|None=None, # NIQE: official modelparameters.mat, a saved model, or a folder of pristine images
+                 prompts:str|None=None, # QualiCLIP+ (--model qualiclip+): learned prompts file (ours, or pyiqa's QualiCLIP+_<dataset>.pth)
                  random_init:bool=False, # random CLIP weights (tests and timing only)
                 ) -> int:
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
-    kw = dict(niqe_params=niqe_params) if model == 'niqe' else {}
+    kw = dict(niqe_params=niqe_params) if model == 'niqe' else dict(prompts=prompts) if model == 'qualiclip+' else {}
     try:
         scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
                                           random_init=random_init, device=device, **kw), precision)

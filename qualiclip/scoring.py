@@ -7,7 +7,7 @@ __all__ = ['SCORERS', 'register_scorer', 'qualiclip_scorer', 'set_precision', 'g
            'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'one_at_a_time', 'bench_cpu_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
-import json, math, os, sys, tempfile, time, warnings
+import importlib, json, math, os, sys, tempfile, time, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -22,12 +22,17 @@ from .core import ImageReadError, atomic_path, get_device, load_pil, resize_shor
 from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
-SCORERS = {}
+SCORERS = {   # name -> 'module:function' building the scorer, imported only when asked for (as `cli.COMMANDS`)
+    'qualiclip': 'qualiclip.scoring:qualiclip_scorer',
+    'clipiqa': 'qualiclip.evaluate:clipiqa_scorer',
+    'niqe': 'qualiclip.evaluate:niqe_scorer',
+    'qualiclip+': 'qualiclip.prompts:qualiclip_plus_scorer',
+}
 
 def register_scorer(name:str, # name used by `--model`
-                    builder, # callable(weights=, backbone=, pretrained=, random_init=, device=, **kw) -> scorer
+                    builder, # callable(weights=, backbone=, pretrained=, random_init=, device=, **kw) -> scorer, or 'module:function'
                    ) -> None:
-    "Make a scorer available to `get_scorer` and `qualiclip score --model`."
+    "Make a scorer of your own available to `get_scorer` and `qualiclip score --model`."
     SCORERS[name] = builder
 
 def qualiclip_scorer(weights:str|None=None, # checkpoint in the official layout (the released qualiclip.pth or ours)
@@ -51,8 +56,6 @@ def qualiclip_scorer(weights:str|None=None, # checkpoint in the official layout 
                      "(--pretrained openai or --pretrained /path/to/RN50.pt). --random-init scores with random weights "
                      "(meaningless scores, for experiments only).")
 
-register_scorer('qualiclip', qualiclip_scorer)
-
 def set_precision(scorer, # a scorer from `get_scorer`
                   precision:str='auto', # 'auto' (CUDA: bf16, CPU: fp32), 'fp32', 'bf16' or 'fp16'
                  ):
@@ -72,13 +75,11 @@ def get_scorer(name:str='qualiclip', # registered scorer name ('qualiclip', 'cli
                **kw, # scorer-specific options
               ):
     "Build a registered scorer by name."
-    if name not in SCORERS:
-        try: import qualiclip.evaluate  # registers the baselines
-        except ImportError as e:
-            raise ValueError(f"Unknown model {name!r}: the baselines module qualiclip.evaluate could not be imported "
-                             f"({e}); available: {sorted(SCORERS)}.") from None
     if name not in SCORERS: raise ValueError(f"Unknown model {name!r}; available: {sorted(SCORERS)}.")
-    return SCORERS[name](weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
+    build = SCORERS[name]
+    if isinstance(build, str):   # an import error surfaces as itself, never as "unknown model"
+        mod, fn = build.split(':'); build = getattr(importlib.import_module(mod), fn)
+    return build(weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init, device=device, **kw)
 
 # %% ../nbs/03a_scoring.ipynb #e08e5e89
 class _Files(Dataset):
@@ -229,7 +230,8 @@ def _ranked_table(df:pd.DataFrame, # table from `score_files`
 def score_cmd(paths:list[str], # image files, folders or glob patterns (folders: .jpg .jpeg .png .bmp .tif .tiff .webp, .gif (first frame), .heic/.heif/.avif with their Pillow plug-in)
               weights:str|None=None, # QualiCLIP checkpoint in the official layout (e.g. the released qualiclip.pth)
               niqe_params:str|None=None, # NIQE (--model niqe): the official modelparameters.mat, a saved model, or a folder of pristine images
-              temperature:float=1.0, # CLIP models: softmax(100 * cosine / temperature); 1 = the authors' code, 2 = pyiqa's port
+              prompts:str|None=None, # QualiCLIP+ (--model qualiclip+): learned prompts (ours from `fit-prompts`, or pyiqa's QualiCLIP+_<dataset>.pth)
+              temperature:float|None=None, # softmax(logit scale * cosine / temperature): qualiclip 1 (the authors' code; 2 = pyiqa's port), qualiclip+ 2
               out:str='scores.csv', # CSV to write (path, score, width, height, error, model, higher_better)
               model:str='qualiclip', # scorer: qualiclip, clipiqa, niqe, ...
               backbone:str|None=None, # open_clip config (default: inferred from --weights, else RN50-quickgelu)
@@ -252,8 +254,12 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns (folders:
         if model == 'niqe' and weights and not niqe_params:
             warnings.warn("--weights for NIQE's parameters is deprecated: use --niqe-params (as `qualiclip evaluate` does).", FutureWarning)
             niqe_params, weights = weights, None
-        if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a positive number (1: the authors' code, 2: pyiqa).")
-        kw = {'niqe_params': niqe_params} if model == 'niqe' else ({'scale': OFFICIAL_SCALE / temperature} if temperature != 1 else {})
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"--temperature {temperature}: give a positive number (1: the authors' code, 2: pyiqa).")
+        if prompts and model != 'qualiclip+': raise ValueError(f"--prompts is for --model qualiclip+, not {model}.")
+        if model == 'niqe': kw = {'niqe_params': niqe_params}
+        elif model == 'qualiclip+': kw = {'prompts': prompts, **({'temperature': temperature} if temperature else {})}
+        else: kw = {'scale': OFFICIAL_SCALE / temperature} if temperature else {}
         if resize_short is not None and resize_short < 1: raise ValueError(f"--resize-short {resize_short}: give a positive number of pixels.")
         scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained, random_init=random_init,
                                           device=device, **kw), precision)
