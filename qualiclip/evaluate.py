@@ -28,7 +28,8 @@ __all__ = ['RGB2GRAY', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'METRIC_KEYS', 'SC
            'resize_weights', 'imresize_matlab', 'gaussian_window', 'mscn', 'ggd_fit', 'aggd_fit', 'niqe_block_features',
            'niqe_features', 'NIQEModel', 'fit_niqe', 'niqe_score', 'save_niqe_params', 'load_niqe_params', 'NIQEScorer',
            'niqe_scorer', 'clipiqa_scorer', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate',
-           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table']
+           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table',
+           'policy_resize']
 
 # %% ../nbs/08_evaluate.ipynb #bf2ca762
 RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # first row of inv(NTSC matrix), as MATLAB
@@ -669,3 +670,16 @@ def write_table(table:pd.DataFrame, # the table (all columns, written as CSV)
 def _clean_tree(d):
     if isinstance(d, dict): return {k: _clean_tree(v) for k, v in d.items()}
     return _clean(d)
+
+def policy_resize(paths:list, # image files
+                  index_dir:str|Path='data/index', # folder of dataset indexes (`qualiclip index`)
+                 ) -> list:
+    "Each image's `resize_short` from the dataset index listing it (None where none does: native size), for figures that load images themselves."
+    from qualiclip.pipeline import read_index
+    known = {}
+    for f in sorted(Path(index_dir).glob('*.csv')):
+        try: t = read_index(f)
+        except (DatasetError, ValueError, KeyError): continue   # not a dataset index (e.g. the training pool's list)
+        if 'resize_short' in t:
+            known.update({os.path.realpath(p): int(r) for p, r in zip(t.path, t.resize_short) if pd.notna(r) and r})
+    return [known.get(os.path.realpath(p)) for p in paths]

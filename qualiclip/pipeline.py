@@ -451,7 +451,7 @@ def paper_params(params:str|dict, # the profile
               'index_dir': prep.get('index', 'data/index'), 'workers': int(ev.get('workers', 0))}
     keys = {'T1_opinion_unaware': ['eval_dir', 'seed'], 'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
             'T3_ablations': ['runs_dir', 'index_dir', 'workers', 'device', 'seed'], 'F1_levels': ['eval_dir'],
-            'F2_gradcam': ['weights', 'clipiqa_weights', 'device'], 'F3_gmad': ['eval_dir']}.get(name, [])
+            'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'], 'F3_gmad': ['eval_dir']}.get(name, [])
     dup = sorted(set(keys) & set(sec))
     if dup: raise ValueError(f"paper.{name}.{dup[0]} comes from the rest of the profile; remove it from paper.{name}.")
     out = {**{k: shared[k] for k in keys}, **sec}
@@ -536,6 +536,11 @@ def summary(params:str|dict='params.yaml', # the profile
     if cw.is_file():
         try: lines += [f"What training changed (outputs/weights, qualiclip compare-weights): {json.loads(cw.read_text())['verdict']}", '']
         except (ValueError, KeyError): pass
+    for name in sorted((p.get('evaluate') or {}).get('released') or {}):   # the authors' checkpoint against the same starting weights
+        rw = resolve(f'outputs/weights-{name}')/'comparison.json'
+        try: lines += [f"What the authors' training changed ({name} against the starting weights, outputs/weights-{name}): "
+                       f"{json.loads(rw.read_text())['verdict']}", '']
+        except (OSError, ValueError, KeyError): pass
     figs = {v for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_png'}
     dirs = {resolve(v) for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_dir'}
     dirs.add(resolve('outputs/figures'))

@@ -504,7 +504,11 @@ def load(self:Trainer, path:str|Path|None=None):
     self.opt.load_state_dict(st['optimizer']); self.sched.load_state_dict(st['scheduler'])
     self.scaler.load_state_dict(st['scaler'])
     self.step_no, self.best, self.best_step = st['step'], st['best_val_srcc'], st['best_step']
-    self.train_time, self.n_crops = float(st.get('train_time_s', 0.0)), int(st.get('n_crops', 0))   # totals over every segment
+    if 'train_time_s' in st: self.train_time, self.n_crops = float(st['train_time_s']), int(st['n_crops'])   # totals over every segment
+    else:   # a checkpoint written before the totals were kept in it: take them from the run's metrics.json
+        try: m = json.loads((path.parent/'metrics.json').read_text()); t = float(m['train_time_s']); c = float(m['crops_per_s'])
+        except (OSError, ValueError, KeyError, TypeError): t, c = math.nan, math.nan
+        self.train_time, self.n_crops = t, int(round(c * t)) if math.isfinite(c * t) else 0
     if st['world_size'] == self.world: set_rng_state(st['rng'][self.rank], self.gen)
     else: warnings.warn(f"Checkpoint written by {st['world_size']} process(es), resumed on {self.world}: "
                         "data order and degradations after the resume differ from an uninterrupted run.")

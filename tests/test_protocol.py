@@ -47,3 +47,14 @@ def test_t2_t3_stream_through_the_scoring_loader():
         for loader in ("load_image(", "load_pil(", "Image.open("):
             assert loader not in code, (nb, loader)
         assert "resize_short" not in code, nb                 # the policy comes from the registry, never from the notebook
+
+
+def test_figures_take_the_policy_from_the_indexes(tmp_path):
+    "F2 loads its few images itself: `policy_resize` gives each the `resize_short` of the index that lists it (None elsewhere)."
+    from qualiclip.evaluate import policy_resize
+    from qualiclip.pipeline import index_pool, write_index
+    root = miniature("spaq", tmp_path / "spaq", n=3, seed=0)
+    write_index("spaq", root, tmp_path / "index" / "spaq.csv")
+    index_pool(root, tmp_path / "index" / "pool-x.csv")          # not a dataset index: skipped
+    p = load_dataset("spaq", root).path.iloc[0]
+    assert policy_resize([p, str(tmp_path / "elsewhere.png")], tmp_path / "index") == [512, None]
