@@ -33,9 +33,9 @@ code path except those that need CUDA, which are run once on the CPU as a dry ru
 
 On a GPU machine without the project's virtual environment (torch and torchvision installed, the other dependencies
 as wheels in .whl/): `bash tools/device_run.sh`, which installs .whl/*.whl into /tmp/site and runs this script with
-PYTHONPATH=/tmp/site:<repo>. With the device tool of this workplace, the one call is:
-    run(command="bash tools/device_run.sh", carry=['.whl', 'runs/demo/qualiclip.pth'], timeout_s=600)
-(bench.jsonl and bench.log come back under $OUT; the last lines of the output are the summary table).
+PYTHONPATH=/tmp/site:<repo>. Copy the repository there with .whl/ and runs/demo/qualiclip.pth (the trained
+checkpoint of the parity section), allow 10 minutes, and collect bench.jsonl and bench.log from $OUT; the last lines
+of the output are the summary table.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
 #
 #   bash tools/device_run.sh [--tests] [more options of tools/bench_gpu.py]
 #
-# With this workplace's device tool (the wheels are prepared once beforehand, see the README's GPU benchmark section):
-#   run(command="bash tools/device_run.sh", carry=['.whl', 'runs/demo/qualiclip.pth'], timeout_s=600)
+# Copy the repository to the GPU machine with .whl/ (prepared once beforehand, see the README's benchmark section) and
+# runs/demo/qualiclip.pth, then run this script with a 10-minute limit.
 # Results under $OUT (or /tmp/qualiclip-bench without it): bench.jsonl, bench.log, nvidia-smi.txt[, tests.log].
 # Exit code: the benchmark's (0: every section ran), or the tests' when they ran and failed.
 set -uo pipefail
