@@ -630,6 +630,11 @@ def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
     s = make_splits(ok, n=n_splits, seed=split_seed)
     return [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)], f'median of {n_splits} seeded 70/10/20 test splits'
 
+def _undefined_nan(fn, p, q) -> float:
+    "A correlation, or NaN where it is undefined (a constant side, fewer than 3 pairs): a table shows the gap instead of failing."
+    try: return float(fn(p, q))
+    except ValueError: return np.nan
+
 def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
                   dataset:str, # its name
                   n_boot:int=1000, # bootstrap resamples
@@ -643,13 +648,14 @@ def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
     rng = np.random.default_rng(seed); out = []
     for proto, parts in (('whole dataset', [np.arange(len(p))]), (f'test splits ({name})', sets)):
         row = {'protocol': proto, 'n': int(np.median([len(i) for i in parts]))}
-        for k, fn in (('srcc', srcc), ('plcc', plcc)):
+        for k, f in (('srcc', srcc), ('plcc', plcc)):
+            fn = lambda a, b, f=f: _undefined_nan(f, a, b)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 v = float(np.median([fn(p[i], q[i]) for i in parts]))
                 boot = [np.median([fn(p[j], q[j]) for j in (i[rng.integers(0, len(i), len(i))] for i in parts)]) for _ in range(n_boot)]
             boot = np.asarray(boot, float); boot = boot[np.isfinite(boot)]
-            lo, hi = np.quantile(boot, [0.025, 0.975]) if len(boot) else (np.nan, np.nan)
+            lo, hi = np.quantile(boot, [0.025, 0.975]) if len(boot) and np.isfinite(v) else (np.nan, np.nan)
             row.update({k: v, f'{k}_low': float(lo), f'{k}_high': float(hi)})
         out.append(row)
     return out
