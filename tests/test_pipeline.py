@@ -219,3 +219,13 @@ def test_training_pool_is_listed_not_hashed():
             assert folder == p["train"]["pristine"] and prep["pool_dep"] == f"{prep['index']}/pool-{name}.csv", prof
         else:
             assert prep["pool_dep"] == p["train"]["pristine"] == f"{p['pristine']['demo_dir']}/train", prof   # built by the pipeline
+
+
+def test_paper_smoke_knows_the_always_run_stages():
+    "paper-smoke lets a second `dvc repro` re-run only the stages dvc.yaml marks always_changed; the two lists agree."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("paper_smoke", ROOT / "tools" / "paper_smoke.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    marked = {n for n, st in dvc.items() if st.get("do", st).get("always_changed")}
+    assert marked == mod.ALWAYS_RUN == {"index_pool"}

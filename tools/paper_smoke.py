@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# stages dvc.yaml marks `always_changed` (they list the training pool by size and time instead of DVC hashing it): they run
+# on every `dvc repro`, and what depends on them re-runs only when the list changed
+ALWAYS_RUN = {'index_pool'}
 BIN = Path(sys.executable).parent
 
 
@@ -77,10 +80,13 @@ def main(argv=None) -> int:
         times.append((name, dt))
         if rc != 0: print(f"paper-smoke: {name} failed (exit {rc}); scratch copy kept in {repo}", file=sys.stderr); return 1
         if name == 'dvc repro': stages = stage_times(lines, dt)
-        if name == 'dvc repro (again)' and "Running stage '" in out:
-            again = [l.split("'")[1] for _, l in lines if l.startswith("Running stage '")]
-            print(f"paper-smoke: the second dvc repro re-ran {again}; it must re-run nothing (scratch copy kept in {repo})",
-                  file=sys.stderr); return 1
+        if name == 'dvc repro (again)':
+            ran = [l.split("'")[1] for _, l in lines if l.startswith("Running stage '")]
+            listed = [st for st in ran if st.split('@')[0] in ALWAYS_RUN]   # listing stages run every time, by design
+            again = [st for st in ran if st not in listed]
+            if again:
+                print(f"paper-smoke: the second dvc repro re-ran {again}; it must re-run nothing but the listing stages "
+                      f"{sorted(ALWAYS_RUN)} (scratch copy kept in {repo})", file=sys.stderr); return 1
     total = time.time() - t_all
     print("\n=== paper-smoke timing (seconds)")
     for name, dt in times: print(f"  {name:<32} {dt:8.1f}")
@@ -89,7 +95,8 @@ def main(argv=None) -> int:
     for name, dt in stages: print(f"  {name:<32} {dt:8.1f}")
     if not a.keep: shutil.rmtree(scratch, ignore_errors=True)
     else: print(f"scratch copy kept in {repo}")
-    print(f"paper-smoke: passed in {total:.0f} s ({len(stages)} stages; the second dvc repro re-ran nothing)")
+    print(f"paper-smoke: passed in {total:.0f} s ({len(stages)} stages; the second dvc repro re-ran nothing"
+          + (f" but {', '.join(listed)}, which list the training pool on every run and changed nothing downstream)" if listed else ")"))
     return 0
 
 
