@@ -28,8 +28,8 @@ __all__ = ['RGB2GRAY', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'METRIC_KEYS', 'SC
            'resize_weights', 'imresize_matlab', 'gaussian_window', 'mscn', 'ggd_fit', 'aggd_fit', 'niqe_block_features',
            'niqe_features', 'NIQEModel', 'fit_niqe', 'niqe_score', 'save_niqe_params', 'load_niqe_params', 'NIQEScorer',
            'niqe_scorer', 'clipiqa_scorer', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate',
-           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'protocol_rows', 'write_table',
-           'policy_resize']
+           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'corr_or_nan', 'protocol_rows',
+           'write_table', 'policy_resize']
 
 # %% ../nbs/08_evaluate.ipynb #bf2ca762
 RGB2GRAY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # first row of inv(NTSC matrix), as MATLAB
@@ -630,7 +630,10 @@ def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
     s = make_splits(ok, n=n_splits, seed=split_seed)
     return [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)], f'median of {n_splits} seeded 70/10/20 test splits'
 
-def _undefined_nan(fn, p, q) -> float:
+def corr_or_nan(fn, # a correlation, e.g. `srcc`
+                p, # predictions
+                q, # labels
+               ) -> float:
     "A correlation, or NaN where it is undefined (a constant side, fewer than 3 pairs): a table shows the gap instead of failing."
     try: return float(fn(p, q))
     except ValueError: return np.nan
@@ -649,7 +652,7 @@ def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
     for proto, parts in (('whole dataset', [np.arange(len(p))]), (f'test splits ({name})', sets)):
         row = {'protocol': proto, 'n': int(np.median([len(i) for i in parts]))}
         for k, f in (('srcc', srcc), ('plcc', plcc)):
-            fn = lambda a, b, f=f: _undefined_nan(f, a, b)
+            fn = lambda a, b, f=f: corr_or_nan(f, a, b)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 v = float(np.median([fn(p[i], q[i]) for i in parts]))
