@@ -41,6 +41,8 @@ COMMANDS = {
     'summary': 'qualiclip.pipeline:summary_cmd',
     'compare-weights': 'qualiclip.weights:compare_weights_cmd',
     'fit-prompts': 'qualiclip.prompts:fit_prompts_cmd',
+    'explore': 'qualiclip.explore:explore_cmd',
+    'bench explore': 'qualiclip.explore:bench_explore_cmd',
 }
 
 def resolve_command(spec:str, # 'module:function'
@@ -53,10 +55,10 @@ def resolve_command(spec:str, # 'module:function'
 COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
     'score': ('score images', ['score']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
-    'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights']),
+    'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights', 'explore']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),
     'figures': ("the paper's tables and figures", ['paper', 'summary', 'distortion-grid', 'gradcam', 'gmad']),
-    'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench models', 'bench pairs', 'bench train']),
+    'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench models', 'bench pairs', 'bench train', 'bench explore']),
 }
 
 def command_summary(name:str, # a key of COMMANDS
