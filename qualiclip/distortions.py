@@ -15,18 +15,18 @@ import torch.nn.functional as F
 import kornia
 from PIL import Image
 
-from .core import load_image, save_image, atomic_path, make_generator, demo_photo, DEMO_SPLITS
+from .core import load_image, save_image, atomic_path, make_generator, demo_photo, demo_images, DEMO_SPLITS
 
 # %% auto #0
-__all__ = ['DISTORTIONS', 'GROUPS', 'REFERENCE_FNS', 'Draws', 'psnr', 'ssim', 'conv_per_image', 'gaussian_kernels1d',
-           'separable_blur', 'gaublur', 'disk_kernels', 'lensblur', 'line_kernels', 'motionblur', 'colordiff',
-           'edge_mask', 'shift_images', 'colorshift', 'colorsat1', 'colorsat2', 'jpeg', 'torchvision_io', 'codec_pool',
-           'set_codec_pool', 'jpeg2000_roundtrip', 'jpeg2000', 'whitenoise', 'whitenoiseCC', 'impulsenoise',
-           'multnoise', 'tone_curve', 'brighten', 'darken', 'meanshift', 'jitter', 'noneccpatch', 'pixelate',
-           'quantization', 'colorblock', 'highsharpen', 'lincontrchange', 'nonlincontrchange', 'Distortion',
-           'level_values', 'distort', 'sample_compositions', 'sample_composition', 'apply_composition',
-           'apply_compositions', 'demo_images', 'measure_levels', 'write_levels_csv', 'measure_fn', 'compare_reference',
-           'distortion_grid', 'distort_cmd', 'distortion_grid_cmd', 'bench_types']
+__all__ = ['COUNT_AREA', 'DISTORTIONS', 'GROUPS', 'REFERENCE_FNS', 'Draws', 'psnr', 'ssim', 'conv_per_image',
+           'gaussian_kernels1d', 'separable_blur', 'gaublur', 'disk_kernels', 'lensblur', 'line_kernels', 'motionblur',
+           'colordiff', 'edge_mask', 'shift_images', 'colorshift', 'colorsat1', 'colorsat2', 'jpeg', 'torchvision_io',
+           'codec_pool', 'set_codec_pool', 'jpeg2000_roundtrip', 'jpeg2000', 'whitenoise', 'whitenoiseCC',
+           'impulsenoise', 'multnoise', 'tone_curve', 'brighten', 'darken', 'meanshift', 'jitter', 'area_counts',
+           'noneccpatch', 'pixelate', 'quantization', 'colorblock', 'highsharpen', 'lincontrchange',
+           'nonlincontrchange', 'Distortion', 'level_values', 'distort', 'sample_compositions', 'sample_composition',
+           'apply_composition', 'apply_compositions', 'measure_levels', 'write_levels_csv', 'measure_fn',
+           'compare_reference', 'distortion_grid', 'distort_cmd', 'distortion_grid_cmd', 'bench_types']
 
 # %% ../nbs/01_distortions.ipynb #67b3c3ab
 class Draws:
@@ -279,10 +279,22 @@ def jitter(x, v, draws, rounds:int=5):
         x = F.grid_sample(x, base + d, mode='bilinear', padding_mode='border', align_corners=False)
     return x
 
+COUNT_AREA = 224 * 224  # count-based types give their counts per crop of this area (the 224 crops of the reference)
+
+def area_counts(v:torch.Tensor, # (B,) counts per `COUNT_AREA` pixels
+                h:int, w:int, # image size
+                most:int, # the largest count allowed per `COUNT_AREA`
+                name:str, # the type, for the error message
+               ) -> tuple:
+    "Counts scaled to an image's area (same density at any size) and the largest scaled count: ((B,) long, int)."
+    if float(v.max()) > most: raise ValueError(f"{name}: {float(v.max())} per {COUNT_AREA} pixels asked, at most {most}.")
+    a = h * w / COUNT_AREA
+    return (v.double() * a).round().long(), max(1, round(most * a))
+
 def noneccpatch(x, v, draws, patch:int=16, radius:int=16, max_patches:int=100):
-    "Non-eccentricity patches: v times, copy a patch to a random position at most `radius` pixels away."
-    B, C, H, W = x.shape; P, K, HW = min(patch, H, W), max_patches, H*W
-    if float(v.max()) > K: raise ValueError(f"noneccpatch: {float(v.max())} patches asked, at most max_patches={K}.")
+    "Non-eccentricity patches: v times per 224x224 pixels, copy a patch to a random position at most `radius` pixels away."
+    B, C, H, W = x.shape; P, HW = min(patch, H, W), H*W
+    v, K = area_counts(v, H, W, max_patches, 'noneccpatch')
     r = draws.rand(K, 4, device=x.device)
     sy = (r[..., 0] * (H - P + 1)).long(); sx = (r[..., 1] * (W - P + 1)).long()
     ty = (sy + (r[..., 2] * (2*radius + 1)).long() - radius).clamp(0, H - P)
@@ -327,9 +339,9 @@ def quantization(x, v, draws, max_classes:int=20):
     return mid.gather(1, cls).view_as(x)
 
 def colorblock(x, v, draws, block:int=32, max_blocks:int=10):
-    "Colour blocks: paste v random-colour square blocks at random positions."
-    B, C, H, W = x.shape; P, K = min(block, H, W), max_blocks
-    if float(v.max()) > K: raise ValueError(f"colorblock: {float(v.max())} blocks asked, at most max_blocks={K}.")
+    "Colour blocks: paste v random-colour square blocks per 224x224 pixels at random positions."
+    B, C, H, W = x.shape; P = min(block, H, W)
+    v, K = area_counts(v, H, W, max_blocks, 'colorblock')
     r = draws.rand(K, 5, device=x.device)
     y0 = (r[..., 0] * (H - P + 1)).long(); x0 = (r[..., 1] * (W - P + 1)).long(); col = r[..., 2:]   # (B,K), (B,K,3)
     yy = torch.arange(H, device=x.device); xx = torch.arange(W, device=x.device)
@@ -518,17 +530,6 @@ def apply_compositions(x:torch.Tensor, # batch (N,3,H,W) in [0,1]
     return out
 
 # %% ../nbs/01_distortions.ipynb #c9d639d9
-def demo_images(split:str='train', # demo split of `qualiclip.core.DEMO_SPLITS`
-                short:int=256, # shorter side after resizing
-               ) -> list[torch.Tensor]:
-    "The demo photos of a split as float (3,H,W) tensors, shorter side resized to `short`."
-    out = []
-    for n in DEMO_SPLITS[split]:
-        x = torch.from_numpy(demo_photo(n)).permute(2, 0, 1).float()[None] / 255
-        h, w = x.shape[-2:]; s = short / min(h, w)
-        out.append(F.interpolate(x, (round(h*s), round(w*s)), mode='bilinear', antialias=True, align_corners=False)[0].clamp(0, 1))
-    return out
-
 def measure_levels(images:list[torch.Tensor]|None=None, # (3,H,W) images; None: the demo training photos
                    names:list[str]|None=None, # types to measure (None: all)
                    seeds:int=2, # random draws per image and level
