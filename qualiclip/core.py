@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, os, random, tempfile, warnings
+import contextlib, glob, os, random, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'load_params', 'seed_everything', 'get_device',
-           'make_generator', 'atomic_path', 'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil',
-           'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
-           'write_demo_photos']
+           'make_generator', 'sync_device', 'timed', 'atomic_path', 'ImageReadError', 'load_pil', 'pil_to_tensor',
+           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
+           'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -81,6 +81,25 @@ def make_generator(seed:int, # the seed
                   ) -> torch.Generator:
     "A seeded `torch.Generator` on `device`."
     g = torch.Generator(device=get_device(device)); g.manual_seed(int(seed)); return g
+
+# %% ../nbs/00_core.ipynb #7bebdafb
+def sync_device(dev:str|torch.device, # the device whose queued work to wait for
+               ) -> None:
+    "Wait until a CUDA device has finished its queued work (nothing to wait for on the CPU)."
+    dev = torch.device(dev)
+    if dev.type == 'cuda': torch.cuda.synchronize(dev)
+
+def timed(fn, # callable doing the work, e.g. scoring `n` images
+          n:int, # items one call of `fn` handles
+          seconds:float|None, # repeat `fn` until this many seconds have passed (None or 0: once)
+          dev:str|torch.device, # device `fn` runs on (synchronised before each clock read)
+         ) -> float:
+    "Items per second of `fn` (which handles `n` items), repeated until `seconds` have passed (at least once)."
+    sync_device(dev); t0 = time.perf_counter(); done = 0
+    while True:
+        fn(); done += n; sync_device(dev)
+        el = time.perf_counter() - t0
+        if not seconds or el >= seconds: return done / el
 
 # %% ../nbs/00_core.ipynb #b929f644
 @contextlib.contextmanager
@@ -292,3 +311,37 @@ def write_demo_photos(out_dir:str|Path, # folder to write `<name>.png` files int
         if not p.exists(): save_image(Image.fromarray(demo_photo(n)), p)
         res.append(p)
     return res
+
+# %% ../nbs/00_core.ipynb #bead86ce
+def demo_images(split:str='train', # a split of `DEMO_SPLITS`, or 'all'
+                short:int|None=None, # tensors: resize the shorter side to this (bilinear, antialiased); None: native size
+                square:int|None=None, # arrays: the centre square resized to this side (bicubic); None: the whole photo
+                as_tensor:bool=True, # float (3,H,W) tensors in [0,1]; False: uint8 (H,W,3) arrays
+               ) -> list:
+    "The demo photos of a split, as tensors (optionally resized) or arrays (optionally centre squares)."
+    if split != 'all' and split not in DEMO_SPLITS: raise KeyError(f"Unknown demo split {split!r}; choose from {sorted(DEMO_SPLITS)} or 'all'.")
+    if as_tensor and square: raise ValueError("square= gives uint8 arrays: pass as_tensor=False (or resize tensors with short=).")
+    if not as_tensor and short: raise ValueError("short= resizes tensors: drop as_tensor=False (or crop arrays with square=).")
+    out = []
+    for n in (sorted(DEMO_PHOTOS) if split == 'all' else DEMO_SPLITS[split]):
+        a = demo_photo(n)
+        if square:
+            h, w = a.shape[:2]; s = min(h, w); y, x = (h - s)//2, (w - s)//2
+            a = np.asarray(Image.fromarray(a[y:y+s, x:x+s]).resize((square, square), Image.BICUBIC))
+        if not as_tensor: out.append(a); continue
+        t = torch.from_numpy(a).permute(2, 0, 1).float()[None] / 255
+        if short:
+            h, w = t.shape[-2:]; f = short / min(h, w)
+            t = torch.nn.functional.interpolate(t, (round(h*f), round(w*f)), mode='bilinear', antialias=True, align_corners=False).clamp(0, 1)
+        out.append(t[0])
+    return out
+
+def demo_folder(split:str='train', # a split of `DEMO_SPLITS`, or 'all'
+                root:str|Path|None=None, # parent folder (None: `qualiclip-demo-<user>` in the system's temporary folder)
+               ) -> Path:
+    "A folder holding the demo photos of a split as PNG files (written once, atomically); its path."
+    if root is None:
+        import getpass
+        root = Path(tempfile.gettempdir())/f'qualiclip-demo-{getpass.getuser()}'
+    d = Path(root)/split
+    write_demo_photos(d, split); return d

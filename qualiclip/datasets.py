@@ -15,7 +15,7 @@ import scipy.io as sio
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import DEMO_SPLITS, atomic_path, demo_photo, load_pil, save_image, make_generator
+from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator
 
 # %% auto #0
 __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
@@ -958,10 +958,6 @@ def miniature_sources(name:str, # a key of `DATASETS`
     return res
 
 # %% ../nbs/06_datasets.ipynb #69b7cc37
-def _square(a:np.ndarray, size:int) -> np.ndarray:
-    h, w = a.shape[:2]; s = min(h, w); y, x = (h - s)//2, (w - s)//2
-    return np.asarray(Image.fromarray(a[y:y+s, x:x+s]).resize((size, size), Image.BICUBIC))
-
 def _build_demo(out:Path, split:str, seed:int, size:int, types:list|None=None, levels=(1, 2, 3, 4, 5)) -> None:
     import torch
     from qualiclip.distortions import DISTORTIONS, distort
@@ -972,8 +968,8 @@ def _build_demo(out:Path, split:str, seed:int, size:int, types:list|None=None, l
     g = make_generator(seed); rows = []
     jobs = [(p, t, l) for p in DEMO_SPLITS[split] for t in types for l in levels]
     bar = tqdm(total=len(jobs), desc='demo dataset', leave=False)
-    for photo in DEMO_SPLITS[split]:
-        ref = f'refs/{photo}.png'; a = _square(demo_photo(photo), size)
+    for photo, a in zip(DEMO_SPLITS[split], demo_images(split, square=size, as_tensor=False)):
+        ref = f'refs/{photo}.png'
         _save(a, out/ref); rows.append((ref, ref, 'pristine', 0, 6.0))
         x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float().div(255)
         (out/'images'/photo).mkdir(parents=True, exist_ok=True)
