@@ -238,7 +238,7 @@ def standin_pool_archive(path:str|Path, # destination zip (e.g. data/downloads/k
 def standin_niqe_params(path:str|Path, # destination `.mat`
                        ) -> Path:
     "A NIQE parameters file in the official format (`mu_prisparam`, `cov_prisparam`), fitted on the demo training photos."
-    from qualiclip.evaluate import fit_niqe, save_niqe_params
+    from qualiclip.niqe import fit_niqe, save_niqe_params
     return save_niqe_params(fit_niqe([demo_photo(n) for n in DEMO_SPLITS['train'][:6]]), path)
 
 def standin_cmd(params:str='params.yaml', # the profile

@@ -52,7 +52,7 @@ def test_score_niqe_params_spelling(tmp_path):
     import warnings
     import pandas as pd
     from qualiclip.core import write_demo_photos
-    from qualiclip.evaluate import fit_niqe, save_niqe_params
+    from qualiclip.niqe import fit_niqe, save_niqe_params
     from qualiclip.scoring import score_cmd
     photos = write_demo_photos(tmp_path / 'train', 'train')
     npz = save_niqe_params(fit_niqe(tmp_path / 'train'), tmp_path / 'niqe.npz')
