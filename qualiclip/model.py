@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS', 'RELEASED_URL',
-           'RELEASED_SHA256', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip', 'attnpool_nopos',
-           'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official', 'infer_config',
-           'prompt_features_gap', 'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP',
+           'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS',
+           'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
+           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
+           'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP',
            'released_checkpoint', 'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
-import json, logging, math, os, socket, tempfile, threading, zipfile
+import importlib.resources, json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,20 +35,13 @@ PYIQA_TEMPERATURE = 2.0  # pyiqa's port divides those logits by 2 ...
 PYIQA_SCALE = OFFICIAL_SCALE / PYIQA_TEMPERATURE  # ... i.e. `scale=PYIQA_SCALE` (50) reproduces pyiqa's scores
 DEFAULT_BACKBONE = 'RN50-quickgelu'
 TINY_CONFIG = 'qualiclip-tiny'
-TINY_CFG = {'embed_dim': 64, 'quick_gelu': True,
-            'vision_cfg': {'image_size': 224, 'layers': [1, 1, 1, 1], 'width': 16},
-            'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
+CONFIG_DIR = Path(str(importlib.resources.files('qualiclip') / 'configs'))   # open_clip configs shipped in the package
+TINY_CFG = json.loads((CONFIG_DIR / f'{TINY_CONFIG}.json').read_text())
 
 # %% ../nbs/03_model.ipynb #52e16109
-_TINY_DIR = None
-
 def register_tiny_config() -> str:
-    "Register `TINY_CONFIG` in open_clip's model list (idempotent); return its name."
-    global _TINY_DIR
-    if TINY_CONFIG in open_clip.list_models(): return TINY_CONFIG
-    _TINY_DIR = Path(tempfile.mkdtemp(prefix='qualiclip-cfg-'))
-    (_TINY_DIR / f'{TINY_CONFIG}.json').write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(_TINY_DIR / f'{TINY_CONFIG}.json')
+    "Register `TINY_CONFIG` (the packaged JSON file) in open_clip's model list (idempotent); return its name."
+    if TINY_CONFIG not in open_clip.list_models(): open_clip.add_model_config(CONFIG_DIR / f'{TINY_CONFIG}.json')
     return TINY_CONFIG
 
 register_tiny_config()
@@ -224,11 +217,35 @@ def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c pr
     o = F.scaled_dot_product_attention(q, k, v)           # (B,h,1,d)
     return F.linear(o.transpose(1, 2).reshape(B, C), pool.c_proj.weight, pool.c_proj.bias)
 
-def resnet_min_side(visual:nn.Module, # open_clip ModifiedResNet
+def _side_after(side:int, # input side, in pixels
+                m:nn.Module, # a layer of the image tower
+               ) -> int:
+    "Output side of a Conv2d / AvgPool2d / MaxPool2d (0 when nothing is left); other layers keep the side."
+    if not isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)): return side
+    one = lambda v: v[0] if isinstance(v, (tuple, list)) else v
+    k, p = one(m.kernel_size), one(m.padding); st, d = one(m.stride or m.kernel_size), one(getattr(m, 'dilation', 1))
+    span = side + 2 * p - d * (k - 1) - 1
+    if span < 0: return 0
+    return (-(-span // st) if getattr(m, 'ceil_mode', False) else span // st) + 1
+
+def resnet_min_side(visual:nn.Module, # open_clip image tower: ModifiedResNet, or a VisionTransformer
                    ) -> int:
-    "Smallest image side the ModifiedResNet stack turns into at least one feature position."
-    # stride-2 conv (ceil), then a 2x avg-pool in the stem and in layers 2-4 (floor): side -> ceil(side/2) // 16
-    return 31
+    "Smallest image side the image tower turns into at least one feature position (a ViT: its patch size)."
+    if not isinstance(visual, ModifiedResNet):
+        ps = getattr(visual, 'patch_size', None)
+        if ps is None: raise ValueError(f"{type(visual).__name__}: not a ModifiedResNet and no patch_size; cannot tell its smallest input.")
+        return int(max(ps) if isinstance(ps, (tuple, list)) else ps)
+    path = [visual.conv1, visual.conv2, visual.conv3, visual.avgpool]   # the stem, then each block's main path
+    path += [m for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer
+             for m in (b.conv1, b.conv2, b.avgpool, b.conv3)]
+    def out(side):
+        for m in path: side = _side_after(side, m)
+        return side
+    side = 1
+    while out(side) < 1:
+        side += 1
+        if side > 1 << 16: raise ValueError("the image tower reduces every side up to 65536 px to nothing.")
+    return side
 
 # %% ../nbs/03_model.ipynb #be2d0899
 def _tokenizer_for(clip:nn.Module, # open_clip CLIP model
