@@ -14,6 +14,7 @@ __all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', '
 # %% ../nbs/11_cli.ipynb #1e321d39
 COMMANDS = {
     'score': 'qualiclip.scoring:score_cmd',
+    'merge': 'qualiclip.shards:merge_cmd',
     'bench score': 'qualiclip.scoring:bench_score_cmd',
     'bench cpu-score': 'qualiclip.scoring:bench_cpu_cmd',
     'bench models': 'qualiclip.evaluate:bench_models_cmd',
@@ -53,7 +54,7 @@ def resolve_command(spec:str, # 'module:function'
 
 # %% ../nbs/11_cli.ipynb #c0d6a7e1
 COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
-    'score': ('score images', ['score']),
+    'score': ('score images', ['score', 'merge']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights', 'explore']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),

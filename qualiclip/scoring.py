@@ -254,12 +254,12 @@ def _ranked_table(df:pd.DataFrame, # table from `score_files`
     for _, row in df[df.score.isna()].iterrows(): lines.append(f"{'-':>4}  {'failed':>8}  {'':>9}  {row.error}")
     return '\n'.join(lines)
 
-def score_cmd(paths:list[str], # image files, folders or glob patterns (folders: .jpg .jpeg .png .bmp .tif .tiff .webp, .gif (first frame), .heic/.heif/.avif with their Pillow plug-in)
+def score_cmd(paths:list[str], # image files, folders or glob patterns; with --out DIR/ also WebDataset shards (x.tar, 'shards/{00000..00999}.tar', URLs) and file lists (.txt, .parquet with a path column) (folders: .jpg .jpeg .png .bmp .tif .tiff .webp, .gif (first frame), .heic/.heif/.avif with their Pillow plug-in)
               weights:str|None=None, # QualiCLIP checkpoint in the official layout (e.g. the released qualiclip.pth)
               niqe_params:str|None=None, # NIQE (--model niqe): the official modelparameters.mat, a saved model, or a folder of pristine images
               prompts:str|None=None, # QualiCLIP+ (--model qualiclip+): learned prompts (ours from `fit-prompts`, or pyiqa's QualiCLIP+_<dataset>.pth)
               temperature:float|None=None, # softmax(logit scale * cosine / temperature): qualiclip 1 (the authors' code; 2 = pyiqa's port), qualiclip+ 2
-              out:str='scores.csv', # CSV to write (path, score, width, height, error, model, higher_better)
+              out:str='scores.csv', # CSV to write (path, score, width, height, error, model, higher_better); a folder ending in '/': one Parquet part per shard (or per --files-per-part files), resumable, joined by `qualiclip merge`
               model:str='qualiclip', # scorer: qualiclip, clipiqa, niqe, ...
               backbone:str|None=None, # open_clip config (default: inferred from --weights, else RN50-quickgelu)
               pretrained:str|None=None, # plain CLIP weights instead of --weights: 'openai' or /path/to/RN50.pt
@@ -272,12 +272,19 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns (folders:
               resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native resolution)
               recursive:bool=False, # descend into sub-folders
               random_init:bool=False, # score with random weights (experiments only; scores are meaningless)
+              embeddings:bool=False, # --out DIR/ only: also store each image's L2-normalised embedding (float16)
+              files_per_part:int=1000, # --out DIR/ only: image files per Parquet part (each shard is a part of its own)
+              rank:int|None=None, # --out DIR/ only: this process's rank (default: $RANK as torchrun sets it, else 0)
+              world_size:int|None=None, # --out DIR/ only: number of processes (default: $WORLD_SIZE, else 1)
              ) -> int:
     """Score images and write a CSV (UTF-8; bytes of file names that are not UTF-8 written as \\x escapes).
     Exit codes: 0 all scored, 1 some files failed (every row still written), 2 usage or input error (nothing scored),
-    130 interrupted (the rows scored so far written, the others marked 'not scored: interrupted')."""
+    130 interrupted (the rows scored so far written, the others marked 'not scored: interrupted').
+    An --out ending in '/' writes Parquet parts instead (`qualiclip.shards`): exit 0 when this process's parts are all written."""
+    to_parts = out.endswith(('/', os.sep))
     try:
-        _check_out(out)
+        if to_parts: from qualiclip.shards import rank_device; device = rank_device(device)
+        else: _check_out(out)
         if model == 'niqe' and weights and not niqe_params:
             warnings.warn("--weights for NIQE's parameters is deprecated: use --niqe-params (as `qualiclip evaluate` does).", FutureWarning)
             niqe_params, weights = weights, None
@@ -292,6 +299,11 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns (folders:
                                           device=device, **kw), precision)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"qualiclip score: error: {e}", file=sys.stderr); return 2
+    if to_parts:
+        from qualiclip.shards import score_to_parts, weights_id
+        return score_to_parts(paths, scorer, out, weights_id(weights, pretrained, prompts, niqe_params), embeddings=embeddings,
+                              files_per_part=files_per_part, rank=rank, world_size=world_size, recursive=recursive, batch_size=batch_size,
+                              batch_pixels=batch_pixels or None, max_pixels=max_pixels or None, workers=workers, resize_short=resize_short)
     df = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=resize_short,
                      batch_pixels=batch_pixels or None, max_pixels=max_pixels or None,
                      recursive=recursive, progress=True, keep_on_interrupt=True)
@@ -355,8 +367,12 @@ def bench_score_cmd(n:int=64, # number of synthetic JPEG files
                     device:str='auto', # auto, cpu, cuda, cuda:N
                     backbone:str=DEFAULT_BACKBONE, # open_clip config (random weights)
                     seconds:float|None=None, # repeat each measurement until this many seconds have passed (None: one pass)
+                    shards:bool=False, # instead: shards -> Parquet parts against folder -> CSV on the same images, fp32 and bf16 (`qualiclip.shards.bench_shards`)
                    ) -> int:
     "Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line."
+    if shards:
+        from qualiclip.shards import bench_shards
+        bench_shards(n, width, height, batch_size, workers, device, backbone); return 0
     dev = get_device(device)
     torch.manual_seed(0)
     model = QualiCLIP(backbone).to(dev).eval(); model.name = 'qualiclip-random-init'
