@@ -39,6 +39,7 @@ def shard_identity(url:str, # a shard's path or URL
 
 def _hash(*items) -> str: return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()[:20]
 
+# %% ../nbs/15_shards.ipynb #8ffc2bb6
 def read_file_list(path:str|Path, # a text file (one path a line; blank lines and lines starting with # skipped) or a Parquet file with a `path` column
                   ) -> list[str]:
     "The image paths a file list names; relative paths are taken from the list's folder."
@@ -51,7 +52,7 @@ def read_file_list(path:str|Path, # a text file (one path a line; blank lines an
     else: items = [l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip() and not l.lstrip().startswith('#')]
     return [s if Path(s).is_absolute() else str(p.parent / s) for s in items]
 
-# %% ../nbs/15_shards.ipynb #6965ccf3
+# %% ../nbs/15_shards.ipynb #b7386e07
 def _stem(url:str) -> str:
     name = re.split(r'[/\\]', _local_path(url).split('?')[0].rstrip('/'))[-1]
     return re.sub(r'[^A-Za-z0-9._-]+', '_', SHARD_RE.sub('', name)) or 'shard'
@@ -82,7 +83,7 @@ def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, 
     for i, p in enumerate(parts): p['index'] = i
     return parts
 
-# %% ../nbs/15_shards.ipynb #db7f3246
+# %% ../nbs/15_shards.ipynb #65182392
 def rank_and_world(rank:int|None=None, # this process's rank (None: $RANK, else 0)
                    world_size:int|None=None, # number of processes (None: $WORLD_SIZE, else 1)
                   ) -> tuple[int, int]:
@@ -92,6 +93,7 @@ def rank_and_world(rank:int|None=None, # this process's rank (None: $RANK, else 
     if w < 1 or not 0 <= r < w: raise ValueError(f"--rank {r} --world-size {w}: the rank must be in 0..world_size-1.")
     return r, w
 
+# %% ../nbs/15_shards.ipynb #7be29bc7
 def my_parts(parts:list[dict], # `plan_parts` output
              rank:int, # this process's rank
              world_size:int, # number of processes
@@ -106,7 +108,7 @@ def rank_device(device:str='auto', # 'auto', 'cpu', 'cuda', 'cuda:N'
         return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return device
 
-# %% ../nbs/15_shards.ipynb #466e051b
+# %% ../nbs/15_shards.ipynb #7388d7d5
 IMAGE_KEYS = {e.lstrip('.') for e in IMAGE_EXTS}   # member extensions read as images
 
 def decode_image(data:bytes, # the encoded image
@@ -130,6 +132,7 @@ def decode_image(data:bytes, # the encoded image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name}: cannot decode the image ({e}); the member may be truncated or corrupt.") from None
 
+# %% ../nbs/15_shards.ipynb #5a3c6e37
 def shard_members(url:str, # a shard's path or URL (anything WebDataset opens)
                  ):
     "(id, name, bytes, error) for each image member of a shard, in order; a shard that breaks off ends with an error row."
@@ -154,13 +157,14 @@ def shard_members(url:str, # a shard's path or URL (anything WebDataset opens)
         yield f'{url}#', url, None, (f"{url}: cannot read the shard ({type(e).__name__}: {e}); the rows before this one were read; "
                                      "check the file or URL, or re-create the shard.")
 
-# %% ../nbs/15_shards.ipynb #fb886b63
+# %% ../nbs/15_shards.ipynb #0368aaa0
 def _members(part:dict):
     "(id, source, bytes or None, error) of a part's images."
     if part['kind'] == 'tar': yield from shard_members(part['input'])
     else:
         for p, e in part['files']: yield p, p, None, e
 
+# %% ../nbs/15_shards.ipynb #37121ef8
 class PartStream(IterableDataset):
     "Decoded images of parts, each part whole in one worker: (part, row, id, image, width, height, error), then (part, -1, rows, ...)."
     def __init__(self, parts:list[dict], resize_short:int|None=None, max_pixels:int|None=None):
@@ -186,7 +190,7 @@ class PartStream(IterableDataset):
                 yield k, n, rid, img, w, h, err; n += 1
             yield k, -1, n, None, None, None, ''
 
-# %% ../nbs/15_shards.ipynb #5a3c6e37
+# %% ../nbs/15_shards.ipynb #04ffdeab
 META_KEY = b'qualiclip'
 
 def part_path(out:str|Path, # the output folder
@@ -204,6 +208,7 @@ def read_part_meta(path:str|Path, # a part file
         m['num_rows'] = md.num_rows; return m
     except Exception: return None
 
+# %% ../nbs/15_shards.ipynb #890232b0
 _SETTINGS = ('model', 'weights', 'embeddings', 'resize_short', 'prompts')
 
 def part_complete(out:str|Path, # the output folder
@@ -219,7 +224,7 @@ def part_complete(out:str|Path, # the output folder
     return (m.get('identity'), m.get('index'), m.get('n_parts'), m.get('num_rows')) == \
            (part['identity'], part['index'], job['n_parts'], m.get('rows'))
 
-# %% ../nbs/15_shards.ipynb #de44a45c
+# %% ../nbs/15_shards.ipynb #183e9a0f
 def job_settings(scorer, # the scorer
                  weights_id:str='', # what the weights are (`weights_id`)
                  embeddings:bool=False, # whether embeddings are stored
@@ -230,6 +235,7 @@ def job_settings(scorer, # the scorer
     return {'model': getattr(scorer, 'name', type(scorer).__name__), 'weights': weights_id, 'embeddings': bool(embeddings),
             'resize_short': resize_short, 'prompts': prompts, 'higher_better': bool(getattr(scorer, 'higher_better', True))}
 
+# %% ../nbs/15_shards.ipynb #ddf34520
 def weights_id(*files, # weights/prompt/parameter files or tags ('openai'); None entries skipped
               ) -> str:
     "A short SHA-256 of the weight files (tags as given), or 'random' when there are none."
@@ -243,7 +249,7 @@ def weights_id(*files, # weights/prompt/parameter files or tags ('openai'); None
         else: h.update(str(f).encode())
     return 'sha256:' + h.hexdigest()[:16] if named else 'random'
 
-# %% ../nbs/15_shards.ipynb #cc61c88e
+# %% ../nbs/15_shards.ipynb #7f811ddd
 def _part_table(rows:list[dict], # the part's rows (id, width, height, error, score, probs, emb)
                 part:dict, # the part
                 job:dict, # `job_settings` plus n_parts
@@ -251,13 +257,14 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
                ):
     "The part as an Arrow table with its record in the metadata."
     import pyarrow as pa
+    from qualiclip.scoring import _printable   # file names that are not UTF-8: their bytes as \xNN (Parquet strings are UTF-8)
     nan = float('nan')
-    cols = {'id': pa.array([r['id'] for r in rows], pa.string()),
+    cols = {'id': pa.array([_printable(r['id']) for r in rows], pa.string()),
             'shard': pa.array([part['input'] if part['kind'] == 'tar' else '' for r in rows], pa.string()),
             'score': pa.array([r['score'] for r in rows], pa.float64())}
     for j in range(pairs): cols[f'p{j}'] = pa.array([nan if r['probs'] is None else float(r['probs'][j]) for r in rows], pa.float32())
     cols['width'] = pa.array([r['width'] for r in rows], pa.int32()); cols['height'] = pa.array([r['height'] for r in rows], pa.int32())
-    cols['error'] = pa.array([r['error'] for r in rows], pa.string())
+    cols['error'] = pa.array([_printable(r['error']) for r in rows], pa.string())
     cols['model'] = pa.array([job['model']] * len(rows), pa.string()); cols['weights'] = pa.array([job['weights']] * len(rows), pa.string())
     cols['higher_better'] = pa.array([job['higher_better']] * len(rows), pa.bool_())
     if job['embeddings']:
@@ -270,6 +277,7 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
             'rows': len(rows), 'pairs': pairs}
     return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta)})
 
+# %% ../nbs/15_shards.ipynb #bc2e65d0
 def write_part(table, # Arrow table from `_part_table`
                path:str|Path, # destination
               ) -> Path:
@@ -278,7 +286,7 @@ def write_part(table, # Arrow table from `_part_table`
     with atomic_path(path) as t: pq.write_table(table, t)
     return Path(path)
 
-# %% ../nbs/15_shards.ipynb #37121ef8
+# %% ../nbs/15_shards.ipynb #849a22f6
 def _outputs(scorer, x, embeddings:bool):
     "(scores (B,), per-pair probabilities (B,P) or None, features (B,D) or None), left on the device."
     if not hasattr(scorer, 'score_and_embed'): return scorer.score_batch(x).detach(), None, None
@@ -292,6 +300,7 @@ def _clear_temps(out:Path, part:dict) -> None:
     "Remove temporary files a killed run left for this part (only this process writes it)."
     for t in out.glob(f".part-{part['name']}.parquet.*.tmp.parquet"): t.unlink(missing_ok=True)
 
+# %% ../nbs/15_shards.ipynb #66ada2f2
 def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 scorer, # a scorer (`qualiclip.scoring.get_scorer`)
                 out:str|Path, # output folder
@@ -303,14 +312,14 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 resize_short:int|None=None, # resize the shorter side first (None: native resolution)
                 progress:bool=True, # tqdm bar over parts
                ) -> dict:
-    "Score and write the parts not yet complete in `out`; counts of parts written and skipped, rows and failed rows."
+    "Score and write the parts not yet complete in `out`; counts of parts written and skipped, rows, failed rows; remote shards cut off."
     from collections import OrderedDict
     from qualiclip.scoring import _as_is, batch_capacity
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     emb = job['embeddings']
     if emb and not hasattr(scorer, 'score_and_embed'): raise ValueError(f"--embeddings: {job['model']} has no image embedding; drop the option.")
     todo = [p for p in parts if not part_complete(out, p, job)]
-    stats = {'parts': len(parts), 'skipped': len(parts) - len(todo), 'written': 0, 'rows': 0, 'failed': 0}
+    stats = {'parts': len(parts), 'skipped': len(parts) - len(todo), 'written': 0, 'rows': 0, 'failed': 0, 'unfinished': []}
     if not todo: return stats
     for p in todo: _clear_temps(out, p)
     pairs = len(job['prompts'] or [])
@@ -320,7 +329,7 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
     dl = DataLoader(PartStream(todo, resize_short, max_pixels), batch_size=None, num_workers=nw, collate_fn=_as_is,
                     prefetch_factor=max(2, batch_size // max(nw, 1)) if nw else None)
     buckets, pending = OrderedDict(), []
-    held, cap = 0, 4 * batch_size
+    held, held_px, cap, cap_px = 0, 0, 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
 
     def fail(refs, e):
         for k, n in refs: rows[k][n]['error'] = f"{rows[k][n]['id']}: {str(e) or type(e).__name__}"
@@ -337,8 +346,8 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
         pending.clear()
 
     def flush(key):
-        nonlocal held
-        refs, imgs = zip(*buckets.pop(key)); held -= len(refs)
+        nonlocal held, held_px
+        refs, imgs = zip(*buckets.pop(key)); held -= len(refs); held_px -= len(refs) * key[0] * key[1]
         buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
         x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)
         try: pending.append((refs, _outputs(scorer, x, emb)))
@@ -350,18 +359,21 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
             if n < 0:   # the part's last image has come: score what it still has waiting, then write it
                 for key in [q for q in buckets if any(ref[0] == k for ref, _ in buckets[q])]: flush(key)
                 collect()
-                t = _part_table(rows.pop(k), todo[k], job, pairs)
+                rk = rows.pop(k)
+                if todo[k]['kind'] == 'tar' and not _is_local(todo[k]['input']) and rk and rk[-1]['id'].endswith('#'):
+                    stats['unfinished'].append(rk[-1]['error']); bar.update(); continue   # a remote shard cut off: retried next run
+                t = _part_table(rk, todo[k], job, pairs)
                 write_part(t, part_path(out, todo[k]))
                 nb = t.column('error').to_pylist(); stats['written'] += 1; stats['rows'] += len(nb); stats['failed'] += sum(map(bool, nb))
                 bar.update(); bar.set_postfix(rows=stats['rows']); continue
             rows[k].append({'id': rid, 'width': w, 'height': h, 'error': err, 'score': math.nan, 'probs': None, 'emb': None})
             if err: continue
-            key = tuple(img.shape[:2]); buckets.setdefault(key, []).append(((k, n), img)); held += 1
+            key = tuple(img.shape[:2]); buckets.setdefault(key, []).append(((k, n), img)); held += 1; held_px += key[0] * key[1]
             if len(buckets[key]) >= batch_capacity(*key, batch_size, batch_pixels): flush(key)
-            elif held > cap: flush(max(buckets, key=lambda q: len(buckets[q]) * q[0] * q[1]))
+            elif held > cap or held_px > cap_px: flush(max(buckets, key=lambda q: len(buckets[q]) * q[0] * q[1]))
     return stats
 
-# %% ../nbs/15_shards.ipynb #ddf34520
+# %% ../nbs/15_shards.ipynb #995dfbb1
 def score_to_parts(paths:list[str], # shards, file lists, image files, folders or globs
                    scorer, # the scorer
                    out:str, # output folder
@@ -373,7 +385,7 @@ def score_to_parts(paths:list[str], # shards, file lists, image files, folders o
                    recursive:bool=False, # descend into sub-folders
                    **kw, # passed to `score_parts` (batch_size, batch_pixels, max_pixels, workers, resize_short)
                   ) -> int:
-    "Score this process's parts into `out` (complete parts skipped); 0 when every part is written, 130 when interrupted."
+    "Score this process's parts into `out` (complete parts skipped); 0 when all are written, 1 when remote shards broke off (rerun), 130 when interrupted."
     r, w = rank_and_world(rank, world_size)
     parts = plan_parts(paths, files_per_part, recursive)
     if not parts: raise ValueError(f"Nothing to score in {' '.join(map(str, paths))}: no shards, files or folders found.")
@@ -387,9 +399,12 @@ def score_to_parts(paths:list[str], # shards, file lists, image files, folders o
     dt = time.perf_counter() - t0
     print(f"rank {r}/{w}: {st['parts']} of {len(parts)} parts, {st['skipped']} already complete, {st['written']} written "
           f"({st['rows']} rows, {st['failed']} failed, {st['rows'] / dt:.1f} rows/s) -> {out}")
-    return 0
+    for e in st['unfinished']: print(f"qualiclip score: not written: {e}", file=sys.stderr)
+    if st['unfinished']:
+        print(f"qualiclip score: {len(st['unfinished'])} remote shard(s) broke off; run the same command again to retry them.", file=sys.stderr)
+    return 1 if st['unfinished'] else 0
 
-# %% ../nbs/15_shards.ipynb #433a9e68
+# %% ../nbs/15_shards.ipynb #bbb34032
 def merge_parts(out:str|Path, # the folder of part-*.parquet files
                 table:str|Path|None=None, # merged Parquet file (None: OUT/scores.parquet)
                 manifest:bool=True, # also write OUT/manifest.json
@@ -430,6 +445,7 @@ def merge_parts(out:str|Path, # the folder of part-*.parquet files
         with atomic_path(out / 'manifest.json') as t: t.write_text(json.dumps(man, indent=1))
     return man
 
+# %% ../nbs/15_shards.ipynb #b2e40bf5
 def merge_cmd(out:str, # folder the parts were written to (qualiclip score ... --out OUT/)
               table:str|None=None, # merged Parquet file (default: OUT/scores.parquet)
               manifest:bool=True, # also write OUT/manifest.json (parts, rows, failures, model, weights)
@@ -439,7 +455,7 @@ def merge_cmd(out:str, # folder the parts were written to (qualiclip score ... -
     print(f"{len(man['parts'])} parts, {man['rows']} rows ({man['failed']} failed), {man['model']} {man['weights']} -> {man['table']}")
     return 0
 
-# %% ../nbs/15_shards.ipynb #66ada2f2
+# %% ../nbs/15_shards.ipynb #263e9906
 def write_shards(files:list, # image files
                  out_dir:str|Path, # folder for the shards
                  per_shard:int=16, # images per shard
@@ -454,6 +470,7 @@ def write_shards(files:list, # image files
         res.append(p)
     return res
 
+# %% ../nbs/15_shards.ipynb #5efec458
 def bench_shards(n:int=64, # number of synthetic JPEGs
                  width:int=512, # their width
                  height:int=384, # their height
@@ -495,7 +512,7 @@ def bench_shards(n:int=64, # number of synthetic JPEGs
     print(json.dumps(res))
     return res
 
-# %% ../nbs/15_shards.ipynb #3e7d9062
+# %% ../nbs/15_shards.ipynb #49aa9f5c
 def load_row_image(row, # a row of a scores table (id, shard)
                   ):
     "The image of a row: the file `id`, or the member `id` of its `shard` (read through the shard from the start)."
