@@ -4,21 +4,31 @@
 
 # %% ../nbs/02_pairs.ipynb #7af0d3b1
 from __future__ import annotations
-import json, math, tempfile, time, warnings
+import hashlib, itertools, json, math, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, DataLoader, Sampler
+from torch.utils.data import Dataset, DataLoader
 
 from .core import (ImageReadError, load_pil, resize_short_side, list_images, get_device, make_generator,
                             demo_photo, DEMO_SPLITS, write_demo_photos)
-from .distortions import apply_compositions, sample_compositions, ssim, psnr, set_codec_pool
+from .distortions import apply_compositions, sample_compositions, ssim, psnr
 
 # %% auto #0
-__all__ = ['demo_pristine', 'PristineFolder', 'collate_images', 'level_positions', 'make_pairs', 'level_order_violations',
-           'measure_level_order', 'make_pairs_per_image', 'demo_pristine_folder', 'PairStream', 'bench_pairs_cmd']
+__all__ = ['derive_seed', 'demo_pristine', 'PristineFolder', 'level_positions', 'crop_boxes', 'make_pairs',
+           'level_order_violations', 'measure_level_order', 'make_pairs_per_image', 'demo_pristine_folder',
+           'PairStream', 'bench_pairs_cmd']
+
+# %% ../nbs/02_pairs.ipynb #50fd4818
+def derive_seed(seed:int, # the run's seed
+                name:str, # what the draws are for: 'pairs', 'validation', 'loader', ...
+                *keys:int, # further integers that tell streams apart (rank, step, epoch, ...)
+               ) -> int:
+    "A 63-bit seed derived from the run's seed, a purpose and keys by hashing: no two purposes share draws."
+    h = hashlib.blake2b(json.dumps([int(seed), str(name), *map(int, keys)]).encode(), digest_size=8).digest()
+    return int.from_bytes(h, 'little') >> 1
 
 # %% ../nbs/02_pairs.ipynb #3af6fcc1
 def demo_pristine(split:str='train', # a split of `qualiclip.core.DEMO_SPLITS`
@@ -42,21 +52,20 @@ class PristineFolder(Dataset):
         self.scale, self.min_short, self.as_float, self.seed, self.epoch = tuple(scale), min_short, as_float, seed, 0
 
     def __len__(self): return len(self.files)
-    def set_epoch(self, epoch:int): "Change the random resize of the next epoch."; self.epoch = epoch
+    def __getitem__(self, i): return self.load(i, self.epoch)
 
-    def __getitem__(self, i):
+    def load(self, i:int, # index of the file
+             epoch:int=0, # the epoch: the random resize is a function of (seed, epoch, i)
+            ) -> torch.Tensor|None:
+        "Decode and resize file i for an epoch; None (with a warning naming the file) when it cannot be read."
         try: img = load_pil(self.files[i])
         except (ImageReadError, OSError) as e:
             warnings.warn(f"Skipping {self.files[i]}: {e}"); return None
-        s = np.random.default_rng([self.seed, self.epoch, i]).uniform(*self.scale)
+        s = np.random.default_rng([self.seed, epoch, i]).uniform(*self.scale)
         short = max(self.min_short, round(min(img.size) * s))
         if short != min(img.size): img = resize_short_side(img, short)
         t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
         return t.float() / 255 if self.as_float else t
-
-def collate_images(batch:list) -> list[torch.Tensor]:
-    "Keep the images of a batch as a list (sizes differ), dropping unreadable ones (None)."
-    return [b for b in batch if b is not None]
 
 # %% ../nbs/02_pairs.ipynb #b9520828
 def level_positions(levels:int) -> torch.Tensor:
@@ -82,6 +91,25 @@ def _fit_short(im:torch.Tensor, crop:int) -> torch.Tensor:
     return F.interpolate(im[None], (max(crop, math.ceil(h*s)), max(crop, math.ceil(w*s))), mode='bilinear',
                          align_corners=False)[0].clamp(0, 1)
 
+# %% ../nbs/02_pairs.ipynb #a5564c31
+def crop_boxes(sizes:list, # (H, W) of each image, every side at least `crop`
+               crop:int, # crop side S
+               max_offset:int, # largest offset of crop b from crop a in x and y
+               generator:torch.Generator|None=None, # source of the draws
+              ) -> torch.Tensor:
+    "Top-left corners (B,2,2) of crops a and b: a region of min(S+m, side) per image at a random place, both crops anywhere in it."
+    B, S = len(sizes), crop
+    if max_offset < 0: raise ValueError(f"max_offset must be >= 0, got {max_offset}.")
+    gdev = generator.device if generator is not None else torch.device('cpu')
+    r = torch.rand(B, 6, generator=generator, device=gdev, dtype=torch.float64).cpu()
+    H = torch.tensor([int(h) for h, _ in sizes]); W = torch.tensor([int(w) for _, w in sizes])
+    if B and int(torch.minimum(H, W).min()) < S: raise ValueError(f"Every image must have both sides >= {S}; got {sizes}.")
+    Rh = torch.clamp(H, max=S + max_offset); Rw = torch.clamp(W, max=S + max_offset)       # region per image
+    ry = (r[:, 0] * (H - Rh + 1)).long(); rx = (r[:, 1] * (W - Rw + 1)).long()
+    oy = (r[:, 2:4] * (Rh - S + 1)[:, None]).long(); ox = (r[:, 4:6] * (Rw - S + 1)[:, None]).long()
+    return torch.stack([ry[:, None] + oy, rx[:, None] + ox], -1)
+
+# %% ../nbs/02_pairs.ipynb #07600afc
 def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a (B,3,H,W) batch, on the target device
                crop:int=224, # crop side S
                levels:int=5, # number of levels L
@@ -92,32 +120,20 @@ def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a 
                return_pristine:bool=False, # also return the undistorted crops (B,2,3,S,S)
                timings:dict|None=None, # accumulates seconds per distortion type (see `apply_compositions`)
               ):
-    "Two overlapping crops per image, degraded by one composition at levels 1..L: ((B,L,2,3,S,S), compositions)."
+    "Two overlapping crops per image, each degraded by one composition at levels 1..L: ((B,L,2,3,S,S), compositions)."
     ims = [_fit_short(im, crop) for im in _as_float_images(images)]
-    B, L, S = len(ims), levels, crop; dev = ims[0].device
+    B, L, S = len(ims), levels, crop
     m = crop // 2 if max_offset is None else int(max_offset)
-    if m < 0: raise ValueError(f"max_offset must be >= 0, got {max_offset}.")
-    Rh = min(S + m, min(im.shape[1] for im in ims)); Rw = min(S + m, min(im.shape[2] for im in ims))
-    gdev = generator.device if generator is not None else torch.device('cpu')
     comps = sample_compositions(B, generator, max_distortions) if compositions is None else [list(c) for c in compositions]
     if len(comps) != B: raise ValueError(f"{len(comps)} compositions for {B} images.")
-    r = torch.rand(B, 6, generator=generator, device=gdev, dtype=torch.float64).cpu()
-    H = torch.tensor([im.shape[1] for im in ims]); W = torch.tensor([im.shape[2] for im in ims])
-    ry = (r[:, 0] * (H - Rh + 1)).long(); rx = (r[:, 1] * (W - Rw + 1)).long()
-    oy = (r[:, 2:4] * (Rh - S + 1)).long(); ox = (r[:, 4:6] * (Rw - S + 1)).long()           # (B,2) crop a, b
-    regions = torch.stack([im[:, y:y+Rh, x:x+Rw] for im, y, x in zip(ims, ry.tolist(), rx.tolist())])
-    x = regions.repeat_interleave(L, 0)                                                       # (B*L,3,Rh,Rw)
-    lv = level_positions(L).repeat(B)
-    draw = torch.arange(B).repeat_interleave(L)
-    y = apply_compositions(x, [c for c in comps for _ in range(L)], lv, generator, draw, timings).view(B, L, 3, Rh, Rw)
-    ar = torch.arange(S)
-    iy = (oy[:, :, None] + ar).to(dev); ix = (ox[:, :, None] + ar).to(dev)                    # (B,2,S)
-    b = torch.arange(B, device=dev).view(B, 1, 1, 1)
-    def cut(t):  # t (B,L,3,Rh,Rw) or (B,1,3,Rh,Rw) -> (B,2,S,S,L,3) -> (B,L,2,3,S,S)
-        return t[b, :, :, iy[:, :, :, None], ix[:, :, None, :]].permute(0, 4, 1, 5, 2, 3)
-    pairs = cut(y).contiguous()
-    if not return_pristine: return pairs, comps
-    return pairs, comps, cut(regions[:, None])[:, 0].contiguous()
+    box = crop_boxes([im.shape[1:] for im in ims], S, m, generator).tolist()
+    pristine = torch.stack([torch.stack([im[:, y:y+S, x:x+S] for y, x in bx]) for im, bx in zip(ims, box)])  # (B,2,3,S,S)
+    x = pristine[:, None].expand(B, L, 2, 3, S, S).reshape(B * L * 2, 3, S, S)                               # rows (b, l, crop)
+    lv = level_positions(L).repeat_interleave(2).repeat(B)
+    draw = torch.arange(B).repeat_interleave(2 * L)                      # one draw group per image: both crops, every level
+    y = apply_compositions(x, [c for c in comps for _ in range(2 * L)], lv, generator, draw, timings)
+    pairs = y.view(B, L, 2, 3, S, S)
+    return (pairs, comps, pristine.contiguous()) if return_pristine else (pairs, comps)
 
 # %% ../nbs/02_pairs.ipynb #07ce4282
 def level_order_violations(pairs:torch.Tensor, # (B,L,2,3,S,S) from `make_pairs`
@@ -173,89 +189,127 @@ def make_pairs_per_image(images, crop:int=224, levels:int=5, max_offset:int|None
     return torch.stack(out), comps
 
 # %% ../nbs/02_pairs.ipynb #982fe794
-class _SeededSampler(Sampler):
-    "Endless seeded permutations of range(n)."
-    def __init__(self, n:int, seed:int): self.n, self.seed = n, seed
-    def __iter__(self):
-        epoch = 0
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            yield from torch.randperm(self.n, generator=g).tolist(); epoch += 1
-
 def demo_pristine_folder(split:str='train') -> Path:
     "Write the demo photos of a split as PNG files into a temporary folder (once) and return it."
     d = Path(tempfile.gettempdir())/'qualiclip_demo_pristine'/split
     write_demo_photos(d, split); return d
 
-class PairStream:
-    "Endless (or `steps`-long) stream of (pairs, compositions) batches from a folder of pristine images."
+def _worker_init(_):
+    "Loader workers: one thread each, and a codec pool of their own (a pool's threads do not survive the fork)."
+    from qualiclip import distortions
+    torch.set_num_threads(1); distortions._POOL = None; distortions.set_codec_pool(threads=1)
+
+class PairStream(Dataset):
+    "The training samples: batch k of a process's stream is (pairs (B,L,2,3,S,S), compositions), a function of (seed, rank, k)."
     def __init__(self, pristine=None, # files/folders/globs of pristine images (None: the demo training photos)
                  batch_size:int=16, # images per batch (a batch holds batch_size*levels*2 crops)
                  crop:int=224, # crop side
                  levels:int=5, # levels per sample
                  max_offset:int|None=None, # largest offset between the two crops (default crop//2)
                  max_distortions:int=4, # at most this many types per composition
-                 device='cpu', # device the crops are cut and degraded on ('auto', 'cpu', 'cuda', ...)
-                 workers:int=2, # DataLoader worker processes decoding the files
-                 seed:int=0, # seed of the file order, resizes, crops and distortions
+                 device='cpu', # where samples are degraded: 'cpu' (in the loader workers) or a GPU (in this process)
+                 workers:int=2, # DataLoader worker processes (decoding; on the CPU also cropping and degrading)
+                 seed:int=0, # the run's seed: file order, resizes, crops and distortions derive from it
                  steps:int|None=None, # stop after this many batches (None: never)
                  scale:tuple=(1.0, 1.0), # random resize range of the shorter side (see `PristineFolder`)
                  recursive:bool=False, # descend into sub-folders of pristine folders
-                 prefetch:int=4, # batches prefetched per worker
-                 per_image:bool=False, # build samples with the per-image baseline (for benchmarks only)
+                 prefetch:int=2, # batches prefetched per worker
+                 rank:int=0, # this process's rank (torchrun)
+                 world:int=1, # number of processes; each takes a disjoint share of every epoch's files
+                 start:int=0, # index of the first batch (a resumed run starts where it stopped)
+                 per_image:bool=False, # build samples with the per-image baseline `make_pairs_per_image` (benchmarks only)
                 ):
         self.device = get_device(device)
         paths = demo_pristine_folder('train') if pristine is None else pristine
-        m = crop // 2 if max_offset is None else max_offset
         self.dataset = PristineFolder(paths, recursive, scale, min_short=crop, seed=seed)
-        self.batch_size, self.crop, self.levels, self.max_offset = batch_size, crop, levels, m
+        self.source = str(pristine) if pristine is not None else 'the demo photos'
+        self.batch_size, self.crop, self.levels = batch_size, crop, levels
+        self.max_offset = crop // 2 if max_offset is None else max_offset
         self.max_distortions, self.workers, self.seed, self.steps, self.prefetch = max_distortions, workers, seed, steps, prefetch
-        self.timings, self.per_image = None, per_image
+        self.rank, self.world, self.start, self.next_step, self.timings = rank, world, start, start, None
+        self.per_image = per_image
+        per_rank = len(self.dataset) // world
+        if per_rank < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {per_rank} pristine images each of the {world} "
+                             f"process(es) gets from {self.source}; lower batch_size.")
+        self.per_epoch, self._order = per_rank // batch_size, (None, None)
+
+    def files(self, k:int) -> tuple:
+        "(epoch, dataset indices) of batch k: a seeded permutation per epoch, split disjointly between ranks (the remainder of files // world sits out that epoch)."
+        epoch, pos = divmod(k, self.per_epoch)
+        if self._order[0] != epoch:
+            s = torch.utils.data.DistributedSampler(range(len(self.dataset)), self.world, self.rank, shuffle=True,
+                                                    seed=derive_seed(self.seed, 'files') % 2**31, drop_last=True)
+            s.set_epoch(epoch); self._order = (epoch, list(s))
+        return epoch, self._order[1][pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def sample(self, ims:list, k:int, timings:dict|None=None) -> tuple:
+        "Batch k's samples from its decoded images (on the images' device), with the generator of (seed, rank, k)."
+        g = make_generator(derive_seed(self.seed, 'pairs', self.rank, k), ims[0].device)
+        if self.per_image: return make_pairs_per_image(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g)
+        return make_pairs(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g, timings=timings)
+
+    def __getitem__(self, k:int) -> tuple:
+        "Batch k as (k, pairs or uint8 images, compositions or None, timings); pairs when degrading on the CPU."
+        epoch, idx = self.files(k)
+        ims = [im for im in (self.dataset.load(i, epoch) for i in idx) if im is not None]
+        if not ims or self.device.type != 'cpu': return k, ims, None, None
+        t = {} if self.timings is not None else None
+        p, comps = self.sample(ims, k, t)
+        return k, p, comps, t
 
     def loader(self) -> DataLoader:
-        "The DataLoader of pristine images (lists of uint8 (3,H,W) tensors)."
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=_SeededSampler(len(self.dataset), self.seed),
-                          num_workers=self.workers, collate_fn=collate_images, pin_memory=self.device.type == 'cuda',
-                          prefetch_factor=self.prefetch if self.workers else None, persistent_workers=False)
+        "Batches `start`, `start`+1, ... in order, built in `workers` processes."
+        end = None if self.steps is None else self.start + self.steps
+        ks = itertools.count(self.start) if end is None else range(self.start, end)
+        return DataLoader(self, batch_size=None, sampler=ks, num_workers=self.workers, worker_init_fn=_worker_init,
+                          pin_memory=self.device.type == 'cuda', prefetch_factor=self.prefetch if self.workers else None,
+                          generator=torch.Generator().manual_seed(derive_seed(self.seed, 'loader', self.rank)))
 
     def __iter__(self):
-        g = make_generator(self.seed, self.device)
-        for step, batch in enumerate(self.loader()):
-            if self.steps is not None and step >= self.steps: return
-            if not batch: continue
-            ims = [b.to(self.device, non_blocking=True) for b in batch]
-            if self.per_image: yield make_pairs_per_image(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g)
-            else: yield make_pairs(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g, timings=self.timings)
+        empty = 0
+        for k, x, comps, t in self.loader():
+            if not len(x):
+                empty += 1
+                if empty >= self.per_epoch:
+                    raise ValueError(f"No batch of readable pristine images in a whole pass over {self.source} "
+                                     f"({len(self.dataset)} files, each unreadable one reported above); replace or remove the broken files.")
+                continue
+            empty = 0
+            if comps is None:
+                ims = [im.to(self.device, non_blocking=True) for im in x]
+                x, comps = self.sample(ims, k, self.timings)
+            elif t and self.timings is not None:
+                for n, v in t.items(): self.timings[n] = self.timings.get(n, 0.0) + v
+            self.next_step = k + 1
+            yield x, comps
 
 # %% ../nbs/02_pairs.ipynb #773dbcee
-def bench_pairs_cmd(device:str='auto', # device the crops are degraded on
+def bench_pairs_cmd(device:str='auto', # device the crops are degraded on ('cpu': in the loader workers)
                     crop:int=224, # crop side
                     levels:int=5, # levels per sample
-                    workers:int=2, # DataLoader workers decoding the pristine files
+                    workers:int=2, # DataLoader workers (on the CPU they also crop and degrade)
                     seconds:float=10.0, # measuring time after one warm-up batch
                     batch_size:int=16, # images per batch
                     pristine:str|None=None, # folder of pristine images (default: the demo training photos)
                     seed:int=0, # random seed
                     max_distortions:int=4, # at most this many types per composition
-                    per_image:bool=False, # measure the per-image baseline instead (same functions, one crop per call)
-                    codec_processes:int=0, # >0: JPEG 2000 in this many spawned processes instead of threads
+                    per_image:bool=False, # measure the per-image baseline instead (same functions, one crop and level per call)
                    ) -> int:
-    "Measure the training-sample throughput; the last line printed is JSON with crops_per_s."
+    "Measure the training stream's throughput (what training reads); the last line printed is JSON with crops_per_s."
     dev = get_device(device)
-    if codec_processes: set_codec_pool(codec_processes)
     stream = PairStream(pristine, batch_size, crop, levels, None, max_distortions, dev, workers, seed, per_image=per_image)
-    it = iter(stream); next(it)
     stream.timings = {}
+    it = iter(stream); next(it)
     crops = batches = 0; t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         p, _ = next(it); crops += p.shape[0] * p.shape[1] * p.shape[2]; batches += 1
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
     el = time.perf_counter() - t0
-    it.close()
+    del it
     tot = sum(stream.timings.values()) or 1.0
-    share = {k: round(v / el, 4) for k, v in sorted(stream.timings.items(), key=lambda kv: -kv[1])}
+    share = {k: round(v / tot, 4) for k, v in sorted(stream.timings.items(), key=lambda kv: -kv[1])}
     res = dict(crops_per_s=round(crops / el, 1), device=str(dev), crop=crop, levels=levels, workers=workers,
-               batch_size=batch_size, per_image=per_image, codec_processes=codec_processes, seconds=round(el, 2), batches=batches, crops=crops,
-               pristine=str(pristine) if pristine else 'demo:train', degrade_share=None if per_image else round(tot / el, 3),
-               type_time_share=share)
+               batch_size=batch_size, per_image=per_image, seconds=round(el, 2), batches=batches, crops=crops,
+               pristine=str(pristine) if pristine else 'demo:train', type_time_share=share)
     print(json.dumps(res)); return 0

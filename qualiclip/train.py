@@ -17,13 +17,14 @@ from torch import Tensor
 
 from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root
 from .losses import qualiclip_loss
+from .pairs import derive_seed
 
 # %% auto #0
 __all__ = ['TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
-           'ResumableSampler', 'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state',
-           'set_rng_state', 'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'trim_live',
-           'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'bench_train',
-           'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
+           'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state',
+           'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'trim_live', 'stale_temporaries', 'train',
+           'level_order', 'level_order_cmd', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run',
+           'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
 _AT_LEAST = {'crop': 32, 'levels': 2, 'max_distortions': 1, 'max_offset': 0, 'batch_size': 1, 'workers': 0, 'steps': 1,
@@ -194,14 +195,6 @@ def autocast_dtype(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
     return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
 
 # %% ../nbs/05_train.ipynb #d20b4615
-class ResumableSampler(torch.utils.data.Sampler):
-    "Per-epoch `DistributedSampler` order, started at a given position (for exact resume)."
-    def __init__(self, n:int, rank:int=0, world:int=1, seed:int=0, epoch:int=0, start:int=0):
-        self.ds = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.ds.set_epoch(epoch); self.start = start
-    def __iter__(self): return iter(list(self.ds)[self.start:])
-    def __len__(self): return len(self.ds) - self.start
-
 def pristine_dataset(folder:str|None, # folder (or files/globs) of pristine images; None = the demo photos
                      split:str='train', # demo split used when folder is None
                      crop:int=224, # crop size: images with a shorter side below it are upscaled to it
@@ -360,9 +353,8 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.net = torch.compile(net) if cfg.compile else net
-        self.gen = make_generator(cfg.seed + 1000 * (self.rank + 1), self.device)
-        self.step_no, self.best, self.best_step = 0, -float('inf'), -1
-        self._data, self._val = None, None
+        self.step_no, self.best, self.best_step, self.data_step = 0, -float('inf'), -1, 0
+        self._val = None
 
 # %% ../nbs/05_train.ipynb #e767568a
 from fastcore.basics import patch
@@ -413,38 +405,20 @@ def step(self:Trainer, pairs:Tensor) -> dict:
 
 # %% ../nbs/05_train.ipynb #59a415c8
 @patch
-def batches(self:Trainer):
-    "Endless batches of pairs on the device, starting where `step_no` says (epoch and position in it)."
-    from qualiclip.pairs import make_pairs, collate_images
+def stream(self:Trainer, start:int=0) -> 'PairStream':
+    "This process's training stream (`qualiclip.pairs.PairStream`, what `bench pairs` measures) from batch `start`."
+    from qualiclip.pairs import PairStream
     c = self.cfg
-    if self._data is None: self._data = pristine_dataset(c.pristine, 'train', c.crop, c.scale, c.seed)
-    n = len(self._data)
-    per_rank = math.ceil(n / self.world)
-    if per_rank < c.batch_size:
-        raise ValueError(f"batch_size={c.batch_size} is larger than the {per_rank} pristine images each of the "
-                         f"{self.world} process(es) gets from {c.pristine or 'the demo photos'}; lower batch_size.")
-    per_epoch = per_rank // c.batch_size
-    epoch, pos = divmod(self.step_no, per_epoch)
-    while True:
-        self._data.set_epoch(epoch)
-        smp = ResumableSampler(n, self.rank, self.world, c.seed, epoch, pos * c.batch_size)
-        dl = torch.utils.data.DataLoader(self._data, batch_size=c.batch_size, sampler=smp, drop_last=True,
-                                         num_workers=c.workers, collate_fn=collate_images,
-                                         pin_memory=self.device.type == 'cuda', persistent_workers=False,
-                                         generator=torch.Generator().manual_seed(c.seed * 7919 + epoch),
-                                         prefetch_factor=4 if c.workers else None)
-        got = 0
-        for ims in dl:
-            if not ims: continue  # every image of the batch was unreadable (each one is reported)
-            got += 1
-            ims = [im.to(self.device, non_blocking=True) for im in ims]
-            p, _ = make_pairs(ims, crop=c.crop, levels=c.levels, max_offset=c.max_offset,
-                              max_distortions=c.max_distortions, generator=self.gen)
-            yield p
-        if not got and pos == 0:
-            raise ValueError(f"No batch of readable pristine images in a whole pass over {c.pristine or 'the demo photos'} "
-                             f"({n} files, each unreadable one reported above); replace or remove the broken files.")
-        epoch, pos = epoch + 1, 0
+    return PairStream(c.pristine, c.batch_size, c.crop, c.levels, c.max_offset, c.max_distortions, self.device,
+                      c.workers, c.seed, scale=c.scale, rank=self.rank, world=self.world, start=start)
+
+@patch
+def batches(self:Trainer):
+    "Endless batches of pairs on the device from the stream, starting at the batch after the last one trained on."
+    s = self.stream(self.data_step)
+    for p, _ in s:
+        self.data_step = s.next_step
+        yield p
 
 @patch
 def validate(self:Trainer) -> dict:
@@ -453,21 +427,21 @@ def validate(self:Trainer) -> dict:
     if self._val is None:
         val = pristine_dataset(c.val_pristine, 'val', c.crop, (c.val_scale, c.val_scale), c.seed)
         ims = [im for im in (val[i] for i in range(len(val))) if im is not None]
-        self._val = make_val_set(ims, c.crop, c.levels, c.val_repeats, c.max_distortions, seed=c.seed + 12345,
+        self._val = make_val_set(ims, c.crop, c.levels, c.val_repeats, c.max_distortions, seed=derive_seed(c.seed, 'validation'),
                                  device=self.device, ordered_only=c.val_ordered_only,
                                  balanced=c.val_balanced)
     return validate(self.model, *self._val, batch_size=c.val_batch_size, amp_dtype=self.amp)
 
 @patch
 def state(self:Trainer) -> dict:
-    "Everything needed to continue the run exactly (RNG states of every process, gathered)."
-    rng = rng_state(self.gen)
+    "Everything needed to continue the run exactly: the next batch of the stream, and every process's RNG states."
+    rng = rng_state()
     if self.world > 1:
         allr = [None] * self.world; dist.all_gather_object(allr, {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in rng.items()})
     else: allr = [rng]
     return {'step': self.step_no, 'model': self.model.state_dict(), 'optimizer': self.opt.state_dict(),
             'scheduler': self.sched.state_dict(), 'scaler': self.scaler.state_dict(), 'rng': allr,
-            'world_size': self.world, 'best_val_srcc': self.best, 'best_step': self.best_step,
+            'world_size': self.world, 'data_step': self.data_step, 'best_val_srcc': self.best, 'best_step': self.best_step,
             'train_time_s': getattr(self, 'train_time', 0.0), 'n_crops': getattr(self, 'n_crops', 0),
             'config': self.cfg.to_dict()}
 
@@ -509,7 +483,8 @@ def load(self:Trainer, path:str|Path|None=None):
         try: m = json.loads((path.parent/'metrics.json').read_text()); t = float(m['train_time_s']); c = float(m['crops_per_s'])
         except (OSError, ValueError, KeyError, TypeError): t, c = math.nan, math.nan
         self.train_time, self.n_crops = t, int(round(c * t)) if math.isfinite(c * t) else 0
-    if st['world_size'] == self.world: set_rng_state(st['rng'][self.rank], self.gen)
+    self.data_step = int(st.get('data_step', st['step']))   # a checkpoint of a stream without skipped batches: the step
+    if st['world_size'] == self.world: set_rng_state(st['rng'][self.rank])
     else: warnings.warn(f"Checkpoint written by {st['world_size']} process(es), resumed on {self.world}: "
                         "data order and degradations after the resume differ from an uninterrupted run.")
     return self
@@ -673,7 +648,7 @@ def level_order(weights:str|Path, # checkpoint in the official layout (e.g. runs
                 repeats:int=48, # degraded samples per image (the run's `val_repeats`)
                 max_distortions:int=1, # distortions composed per sample (the run's `max_distortions`)
                 scale:float=0.35, # resize factor of each image's shorter side (the run's `val_scale`)
-                seeds:list=(12345,), # seeds of the draw (the run's validation uses its `seed` + 12345)
+                seeds:list|None=None, # seeds of the draw (None: the validation draw of a run with seed 0, `derive_seed(0, 'validation')`)
                 balanced:bool=True, # every type equally often (the run's `val_balanced`)
                 device:str='cpu', # device of model and degradations
                 batch_size:int=64, # crops per forward pass
@@ -688,7 +663,7 @@ def level_order(weights:str|Path, # checkpoint in the official layout (e.g. runs
     names = [Path(f).name for f, im in zip(ds.files, ims) if im is not None]; ims = [im for im in ims if im is not None]
     if not ims: raise ValueError(f"No readable image in {images}.")
     rows = []
-    for seed in seeds:
+    for seed in (seeds if seeds is not None else [derive_seed(0, 'validation')]):
         for name, group in [*((n, [im]) for n, im in zip(names, ims)), *([('(all)', ims)] if len(ims) > 1 else [])]:
             v = validate(model, *make_val_set(group, crop, levels, repeats, max_distortions, seed=int(seed), device=dev,
                                               balanced=balanced), batch_size=batch_size)
@@ -703,7 +678,7 @@ def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/
                     repeats:int=48, # degraded samples per image
                     max_distortions:int=1, # distortions composed per sample
                     scale:float=0.35, # resize factor of each image's shorter side
-                    seeds:list[int]=[12345], # seeds of the degradation draw
+                    seeds:list[int]|None=None, # seeds of the degradation draw (none: that of a seed-0 run's validation)
                     device:str='cpu', # cpu, cuda, auto
                     out:str|None=None, # also write the table as CSV here
                    ) -> int:
