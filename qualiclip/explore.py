@@ -140,12 +140,13 @@ class Explorer:
                  gradcam:bool=True, # compute the gradCAM maps
                  device:str='cpu', # device of the models
                  max_cached:int=64, # images (and model outputs) kept in each cache
+                 threads:int|None=None, # torch threads while computing (None: torch's setting; 1 is fastest on a busy machine)
                 ):
         if isinstance(checkpoints, (str, Path)): checkpoints = [checkpoints]
         if not checkpoints: raise ValueError("No checkpoint given: pass one or two QualiCLIP checkpoints (official layout), e.g. runs/demo/qualiclip.pth.")
         self.checkpoints = [str(c) for c in checkpoints]
         self.clipiqa, self.niqe, self.size, self.seed, self.gradcam, self.device = clipiqa, niqe, size, seed, gradcam, device
-        self.max_cached, self.stats = max_cached, {'images': 0, 'outputs': 0, 'hits': 0}
+        self.max_cached, self.threads, self.stats = max_cached, threads, {'images': 0, 'outputs': 0, 'hits': 0}
         self._images, self._outputs, self._sources = OrderedDict(), OrderedDict(), OrderedDict()
 
     def _remember(self, cache, key, make):
@@ -178,12 +179,15 @@ class Explorer:
 
     def compute(self, src, type:str, level:int, checkpoints:list|None=None) -> dict:
         "The degraded image and every model's outputs for it: {'image', 'qualiclip': {path: outputs}, 'clipiqa', 'niqe', 'seconds'}."
-        t0 = time.perf_counter()
-        x = self.image(src, type, level)
-        res = {'image': x, 'source': src, 'type': type, 'level': int(level),
-               'qualiclip': {c: self.outputs(x, 'qualiclip', c) for c in (checkpoints or self.checkpoints)}}
-        res['clipiqa'] = self.outputs(x, 'clipiqa')['score'] if self.clipiqa else None
-        res['niqe'] = self.outputs(x, 'niqe')['score'] if self.niqe else None
+        t0, before = time.perf_counter(), torch.get_num_threads()
+        if self.threads: torch.set_num_threads(self.threads)
+        try:
+            x = self.image(src, type, level)
+            res = {'image': x, 'source': src, 'type': type, 'level': int(level),
+                   'qualiclip': {c: self.outputs(x, 'qualiclip', c) for c in (checkpoints or self.checkpoints)}}
+            res['clipiqa'] = self.outputs(x, 'clipiqa')['score'] if self.clipiqa else None
+            res['niqe'] = self.outputs(x, 'niqe')['score'] if self.niqe else None
+        finally: torch.set_num_threads(before)
         res['seconds'] = time.perf_counter() - t0
         return res
 
@@ -223,7 +227,7 @@ def panel_figure(results:list, # results of `Explorer.compute`, one row each
     "A matplotlib figure with one row per result: image and scores, gradCAM per checkpoint, prompt-pair bars."
     import matplotlib.pyplot as plt
     n = len(checkpoints); ncol = n + 2
-    fig, axs = plt.subplots(len(results), ncol, figsize=(2.6 * (n + 1) + 4.6, 2.9 * len(results)), squeeze=False,
+    fig, axs = plt.subplots(len(results), ncol, figsize=(2.8 * (n + 1) + 4.6, 3.6 * len(results)), squeeze=False,
                             gridspec_kw={'width_ratios': [1] * (n + 1) + [1.7]})
     for r, res in enumerate(results): _row(axs[r], res, checkpoints, title=r == 0)
     fig.tight_layout()
@@ -236,7 +240,9 @@ def _html_scores(res:dict, checkpoints:list) -> str:
             for i, c in enumerate(checkpoints)]
     if res.get('clipiqa') is not None: rows.append(('CLIP-IQA', f"{res['clipiqa']:.4f}", 'qc-clipiqa'))
     if res.get('niqe') is not None: rows.append(('NIQE (lower is better)', f"{res['niqe']:.3f}", 'qc-niqe'))
-    body = ''.join(f"<tr><td>{n}</td><td><b class='{c}'>{v}</b></td></tr>" for n, v, c in rows)
+    what = f"{res['type']} level {res['level']}" if res['level'] else 'pristine'
+    body = f"<tr><td>picture</td><td class='qc-what'>{what}</td></tr>"
+    body += ''.join(f"<tr><td>{n}</td><td><b class='{c}'>{v}</b></td></tr>" for n, v, c in rows)
     return f"<table class='qc-scores'>{body}</table>"
 
 def _png(fig, dpi:int=80) -> bytes:
@@ -282,11 +288,12 @@ def widget(self:Explorer,
         except Exception as e:  # a bad path or file: say so and keep the last picture
             status.value = f"<span class='qc-error' style='color:#b00'>{type(e).__name__}: {e}</span>"; return
         state['res'] = res
-        scores.value = _html_scores(res, cks)
-        img.value = _png(fig)
-        status.value = (f"<span class='qc-status'>updated in {time.perf_counter() - t0:.2f} s "
+        img.value = _png(fig)                  # the picture first, the numbers last: what a reader sees agrees
+        what = f"{res['type']} level {res['level']}" if res['level'] else 'pristine'
+        status.value = (f"<span class='qc-status'>{what}: updated in {time.perf_counter() - t0:.2f} s "
                         f"(models {res['seconds']:.2f} s; computed so far: {self.stats['images']} pictures, "
                         f"{self.stats['outputs']} model outputs; reused {self.stats['hits']})</span>")
+        scores.value = _html_scores(res, cks)
 
     def set_demo(ch): state['src'] = ch['new']; update()
     def set_path(ch):
@@ -333,6 +340,7 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
                 seed:int=0, # seed of the distortions
                 gradcam:bool=True, # draw the gradCAM maps
                 device:str='cpu', # cpu, cuda, auto
+                threads:int=0, # torch threads (0: torch's default)
                 dpi:int=90, # resolution of the PNG
                ) -> int:
     "Draw the explorer's panel (picture and scores, gradCAM, prompt pairs) for the levels of one distortion type."
@@ -345,7 +353,7 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
     if not cks: raise ValueError("No checkpoint: pass --weights FILE (a QualiCLIP checkpoint in the official layout), or train one with `make repro`.")
     if len(cks) > 2: raise ValueError(f"--weights: at most two checkpoints to compare, got {len(cks)}.")
     ex = Explorer(cks, clipiqa=clipiqa_weights or d['clipiqa'], niqe=niqe_params or d['niqe'], size=size, seed=seed,
-                  gradcam=gradcam, device=device)
+                  gradcam=gradcam, device=device, threads=threads or None)
     from tqdm.auto import tqdm
     res = [ex.compute(image, type, l) for l in tqdm(lv, desc='explore', unit='level')]
     fig = panel_figure(res, ex.checkpoints)
@@ -375,21 +383,20 @@ def time_update(ex:Explorer, # an explorer
 def bench_explore_cmd(levels:str='1-5', # levels visited (each a new update)
                       rn50:bool=True, # also time RN50 (random weights) on a 512 px photo
                       checkpoints:int=1, # checkpoints compared (1 or 2)
-                      threads:int=0, # torch threads (0: torch's default)
+                      threads:int=1, # torch threads (0: torch's default; on a shared 2-core machine 1 is much faster)
                      ) -> int:
     "Seconds per explorer update on this machine: tiny model on 256 px, RN50 on 512 px; with and without gradCAM (JSON lines)."
     import json, tempfile
     from qualiclip.model import TINY_CONFIG, random_official_checkpoint
     from qualiclip.core import write_demo_photos
-    if threads: torch.set_num_threads(threads)
     lv = parse_levels(levels); tmp = Path(tempfile.mkdtemp(prefix='qualiclip-bench-explore-'))
     pristine = tmp/'pristine'; write_demo_photos(pristine, 'val'); write_demo_photos(pristine, 'test')
     cases = [('qualiclip-tiny', TINY_CONFIG, 256)] + ([('RN50', 'RN50', 512)] if rn50 else [])
     for name, cfg, size in cases:
         cks = [str(random_official_checkpoint(tmp/f'{name}-{i}.pth', cfg, seed=i)) for i in range(checkpoints)]
         for cam in (False, True):
-            ex = Explorer(cks, clipiqa=cks[0], niqe=str(pristine), size=size, gradcam=cam)
+            ex = Explorer(cks, clipiqa=cks[0], niqe=str(pristine), size=size, gradcam=cam, threads=threads or None)
             r = time_update(ex, levels=lv)
-            print(json.dumps({'model': name, 'size': size, 'checkpoints': checkpoints, 'gradcam': cam, 'threads': torch.get_num_threads(),
+            print(json.dumps({'model': name, 'size': size, 'checkpoints': checkpoints, 'gradcam': cam, 'threads': threads or torch.get_num_threads(),
                               **{k: round(v, 3) for k, v in r.items()}}), flush=True)
     return 0
