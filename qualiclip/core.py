@@ -60,6 +60,7 @@ def seed_everything(seed:int, # seed for python, numpy and torch (all devices)
     "Seed python's, numpy's and torch's global random generators."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #f4eda81e
 def get_device(device:str|torch.device='auto', # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
               ) -> torch.device:
     "Resolve a device name, with a clear error when CUDA is asked for but absent."
@@ -76,6 +77,7 @@ def get_device(device:str|torch.device='auto', # 'auto' (CUDA when available), '
     if d in ('cpu', 'mps'): return torch.device(d)
     raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
+# %% ../nbs/00_core.ipynb #88e602c7
 def make_generator(seed:int, # the seed
                    device:str|torch.device='cpu', # device the generator draws on
                   ) -> torch.Generator:
@@ -89,6 +91,7 @@ def sync_device(dev:str|torch.device, # the device whose queued work to wait for
     dev = torch.device(dev)
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
+# %% ../nbs/00_core.ipynb #c7e00496
 def timed(fn, # callable doing the work, e.g. scoring `n` images
           n:int, # items one call of `fn` handles
           seconds:float|None, # repeat `fn` until this many seconds have passed (None or 0: once)
@@ -132,6 +135,7 @@ except ImportError: pass
 class ImageReadError(ValueError):
     "An image file that cannot be read; the message names the file and what to do."
 
+# %% ../nbs/00_core.ipynb #4303690a
 def _to_rgb(img:Image.Image, alpha:str) -> Image.Image:
     if img.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
         a = np.asarray(img).astype(np.float64)
@@ -180,6 +184,7 @@ def pil_to_tensor(img:Image.Image, # an RGB PIL image
     a = np.asarray(img.convert('RGB'), dtype=np.uint8)
     return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
 
+# %% ../nbs/00_core.ipynb #c153f456
 def tensor_to_pil(x:torch.Tensor, # (3,H,W) or (1,3,H,W) float in [0,1]
                  ) -> Image.Image:
     "A float tensor in [0,1] as an RGB PIL image (rounded to 8 bits)."
@@ -187,6 +192,7 @@ def tensor_to_pil(x:torch.Tensor, # (3,H,W) or (1,3,H,W) float in [0,1]
     a = (x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
     return Image.fromarray(a, 'RGB')
 
+# %% ../nbs/00_core.ipynb #7bbeeaba
 def resize_short_side(img:Image.Image, # RGB image
                       short:int|None, # target length of the shorter side; None keeps the image as it is
                      ) -> Image.Image:
@@ -196,6 +202,7 @@ def resize_short_side(img:Image.Image, # RGB image
     if s == 1: return img
     return img.resize((max(1, round(w*s)), max(1, round(h*s))), Image.BICUBIC)
 
+# %% ../nbs/00_core.ipynb #591f0bbc
 def load_image(path:str|Path, # image file
                alpha:str='white', # transparency handling, see `load_pil`
                resize_short:int|None=None, # resize the shorter side to this many pixels (None: native resolution)
@@ -203,6 +210,7 @@ def load_image(path:str|Path, # image file
     "Read an image file as a float32 RGB tensor (3,H,W) in [0,1]."
     return pil_to_tensor(resize_short_side(load_pil(path, alpha), resize_short))
 
+# %% ../nbs/00_core.ipynb #a5413caa
 def save_image(x:torch.Tensor|Image.Image, # (3,H,W) tensor in [0,1] or a PIL image
                path:str|Path, # destination; format from the suffix
                **kwargs, # passed to `PIL.Image.save` (e.g. quality=95)
@@ -255,6 +263,7 @@ def scan_images(paths:list|str|Path, # files, folders or glob patterns
                                         f"{', '.join(map(str, paths))}" + ("" if recursive else "; use --recursive for sub-folders") + ".")
     return res
 
+# %% ../nbs/00_core.ipynb #1b8b63dc
 def list_images(paths:list|str|Path, # files, folders or glob patterns
                 recursive:bool=False, # descend into sub-folders of folders
                ) -> list[Path]:
@@ -300,6 +309,7 @@ def demo_photo(name:str, # a key of `DEMO_PHOTOS`
     if a.ndim == 2: a = np.stack([a]*3, -1)
     return np.ascontiguousarray(a[..., :3].astype(np.uint8))
 
+# %% ../nbs/00_core.ipynb #bc081b9d
 def write_demo_photos(out_dir:str|Path, # folder to write `<name>.png` files into
                       split:str='train', # 'train', 'val', 'test' or 'all'
                      ) -> list[Path]:
@@ -336,6 +346,7 @@ def demo_images(split:str='train', # a split of `DEMO_SPLITS`, or 'all'
         out.append(t[0])
     return out
 
+# %% ../nbs/00_core.ipynb #5c9d21fd
 def demo_folder(split:str='train', # a split of `DEMO_SPLITS`, or 'all'
                 root:str|Path|None=None, # parent folder (None: `qualiclip-demo-<user>` in the system's temporary folder)
                ) -> Path:

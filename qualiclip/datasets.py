@@ -27,12 +27,15 @@ __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXE
 class DatasetError(ValueError):
     "A dataset that cannot be found, parsed or fetched; the message names the file and what to do."
 
+# %% ../nbs/06_datasets.ipynb #872486de
 class DownloadError(DatasetError):
     "A source file that could not be fetched (offline, unreachable, no public link)."
 
+# %% ../nbs/06_datasets.ipynb #adc01d9d
 class ChecksumError(DownloadError):
     "A downloaded file whose SHA-256 differs from the pinned or recorded one."
 
+# %% ../nbs/06_datasets.ipynb #d01ef220
 class ArchiveError(DatasetError):
     "An archive that is damaged, truncated, of unknown format, or holds a member escaping its target folder."
 
@@ -89,12 +92,14 @@ class DatasetSpec:
         return (f"Get {self.title} from {self.homepage or 'its owners'} (research licence) and put it under {root} so that it reads:\n"
                 f"{self.layout}")
 
+# %% ../nbs/06_datasets.ipynb #f0f8300c
 DATASETS:dict = {}
 
 def register(spec:DatasetSpec) -> DatasetSpec:
     "Add a dataset to `DATASETS`."
     DATASETS[spec.name] = spec; return spec
 
+# %% ../nbs/06_datasets.ipynb #e6d01535
 def get_spec(name:str, # a key of `DATASETS`
             ) -> DatasetSpec:
     "The spec of a dataset, with a clear error on an unknown name."
@@ -549,6 +554,7 @@ def is_archive(fn:str|Path) -> bool:
     "Whether a file name is an archive this module unpacks (zip or tar, compressed or not)."
     n = str(fn).lower(); return n.endswith(ARCHIVE_SUFFIXES)
 
+# %% ../nbs/06_datasets.ipynb #de15ba6a
 def _check_member(name:str, tmp:Path, archive:Path) -> None:
     "Refuse absolute member names and names escaping the target folder."
     n = name.replace('\\', '/')
@@ -624,6 +630,7 @@ def sha256sum(path:str|Path, # file to hash
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/06_datasets.ipynb #c48368e5
 def _local_source(url:str) -> Path|None:
     "The local path behind a file:// URL or plain path, else None."
     u = urllib.parse.urlparse(url)
@@ -1018,6 +1025,7 @@ def verify(name:str, # a key of `DATASETS`
            'official_split': {k: int(v) for k, v in df.split.value_counts().items()}, 'ok': len(gone) == 0 and len(df) > 0}
     return res
 
+# %% ../nbs/06_datasets.ipynb #5970d185
 def _read_checksums(f:str|None) -> dict|None:
     "A filename -> SHA-256 mapping from a YAML or JSON file."
     if not f: return None

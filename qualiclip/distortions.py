@@ -56,10 +56,12 @@ def psnr(a:torch.Tensor, b:torch.Tensor) -> torch.Tensor:
     mse = (a - b).pow(2).flatten(1).mean(1)
     return (10 * torch.log10(1 / mse.clamp_min(1e-10))).clamp_max(100)
 
+# %% ../nbs/01_distortions.ipynb #3de9f6ba
 def ssim(a:torch.Tensor, b:torch.Tensor, window:int=11) -> torch.Tensor:
     "Mean SSIM per image (kornia, Gaussian window, RGB channels averaged)."
     return kornia.metrics.ssim(a, b, window).flatten(1).mean(1)
 
+# %% ../nbs/01_distortions.ipynb #2b4ba212
 def conv_per_image(x:torch.Tensor, # batch (B,C,H,W)
                    k:torch.Tensor, # kernels (B,kh,kw), one per image (odd sizes), applied to every channel
                   ) -> torch.Tensor:
@@ -69,6 +71,7 @@ def conv_per_image(x:torch.Tensor, # batch (B,C,H,W)
     w = k.to(x.dtype)[:, None].expand(B, C, kh, kw).reshape(B*C, 1, kh, kw)
     return F.conv2d(xp.reshape(1, B*C, *xp.shape[-2:]), w, groups=B*C).view(B, C, H, W)
 
+# %% ../nbs/01_distortions.ipynb #f73de1c2
 def gaussian_kernels1d(sigma:torch.Tensor, # (B,) standard deviations in pixels
                        radius:torch.Tensor, # (B,) truncation radius of each kernel in pixels
                       ) -> torch.Tensor:
@@ -78,6 +81,7 @@ def gaussian_kernels1d(sigma:torch.Tensor, # (B,) standard deviations in pixels
     k = torch.exp(-t**2 / (2*s**2)) * (t.abs() <= radius[:, None])
     return k / k.sum(1, keepdim=True)
 
+# %% ../nbs/01_distortions.ipynb #4932d445
 def separable_blur(x:torch.Tensor, # batch (B,C,H,W)
                    k1:torch.Tensor, # (B,K) 1-D kernels, one per image
                   ) -> torch.Tensor:
@@ -90,6 +94,7 @@ def gaublur(x, v, draws):
     "Gaussian blur with sigma v, kernel 2*ceil(2v)+1, replicate padding."
     return separable_blur(x, gaussian_kernels1d(v, torch.ceil(2*v).long()).to(x.device))   # kernels built on the host: no device sync
 
+# %% ../nbs/01_distortions.ipynb #7c7a4119
 def disk_kernels(radius:torch.Tensor, # (B,) disk radii in pixels
                 ) -> torch.Tensor:
     "Normalised pillbox kernels (B,K,K) with an anti-aliased rim (one pixel wide)."
@@ -98,10 +103,12 @@ def disk_kernels(radius:torch.Tensor, # (B,) disk radii in pixels
     k = (radius.float()[:, None, None] + 0.5 - d).clamp(0, 1)
     return k / k.sum((1, 2), keepdim=True)
 
+# %% ../nbs/01_distortions.ipynb #41b3ec41
 def lensblur(x, v, draws):
     "Lens (defocus) blur: a disk kernel of radius v."
     return conv_per_image(x, disk_kernels(v).to(x.device))
 
+# %% ../nbs/01_distortions.ipynb #2151482a
 def line_kernels(length:torch.Tensor, # (B,) line lengths in pixels (mass of the kernel before normalising)
                  angle:torch.Tensor, # (B,) angles in radians
                  max_length:float|None=None, # longest line (sizes the kernels; default max(length), a device sync on GPU)
@@ -117,6 +124,7 @@ def line_kernels(length:torch.Tensor, # (B,) line lengths in pixels (mass of the
     k = (1 - d).clamp_min(0)
     return k / k.sum((1, 2), keepdim=True)
 
+# %% ../nbs/01_distortions.ipynb #c10618ea
 def motionblur(x, v, draws):
     "Motion blur: a line kernel of length v at a random angle in [0,180) per image."
     angle = draws.rand(device=x.device) * math.pi
@@ -124,6 +132,7 @@ def motionblur(x, v, draws):
 
 # %% ../nbs/01_distortions.ipynb #cf6a930c
 def _lab(x): return kornia.color.rgb_to_lab(x)
+
 def _rgb(lab): return kornia.color.lab_to_rgb(lab, clip=True)
 
 def colordiff(x, v, draws):
@@ -132,6 +141,7 @@ def colordiff(x, v, draws):
     ab = separable_blur(lab[:, 1:], gaussian_kernels1d(s, torch.ceil(2*s).long()).to(x.device))
     return _rgb(torch.cat([lab[:, :1], ab * _col(v, x)], 1))
 
+# %% ../nbs/01_distortions.ipynb #2fd96138
 def edge_mask(x:torch.Tensor, # batch (B,3,H,W)
               lo:float=0.01, hi:float=0.99, # percentiles of the gradient magnitude mapped to 0 and 1
              ) -> torch.Tensor:
@@ -141,6 +151,7 @@ def edge_mask(x:torch.Tensor, # batch (B,3,H,W)
     a, b = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
     return ((g - a) / (b - a).clamp_min(1e-6)).clamp(0, 1)
 
+# %% ../nbs/01_distortions.ipynb #c9811e44
 def shift_images(x:torch.Tensor, # batch (B,C,H,W)
                  dx:torch.Tensor, dy:torch.Tensor, # (B,) shifts in pixels (content moves by +dx, +dy)
                  ) -> torch.Tensor:
@@ -151,6 +162,7 @@ def shift_images(x:torch.Tensor, # batch (B,C,H,W)
     grid = F.affine_grid(theta, (B, C, H, W), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
+# %% ../nbs/01_distortions.ipynb #2584f28f
 def colorshift(x, v, draws):
     "Colour shift: move G by v pixels in a random direction, blended in by the edge mask of the gray image."
     a = draws.rand(device=x.device) * 2*math.pi; vv = v.to(x.device).float()
@@ -158,11 +170,13 @@ def colorshift(x, v, draws):
     m = edge_mask(x)
     return torch.cat([x[:, :1], m*g + (1-m)*x[:, 1:2], x[:, 2:]], 1)
 
+# %% ../nbs/01_distortions.ipynb #cf4229cb
 def colorsat1(x, v, draws):
     "Saturation change in HSV: S multiplied by v (H and V kept), in closed form: V - v*(V - x) with V = max(R,G,B)."
     V = x.amax(1, keepdim=True)
     return V - _col(v, x)*(V - x)
 
+# %% ../nbs/01_distortions.ipynb #8d906101
 def colorsat2(x, v, draws):
     "Saturation change in Lab: a,b multiplied by v."
     lab = _lab(x)
@@ -181,11 +195,13 @@ def jpeg(x, v, draws):
         out[idx] = torch.stack(dec).to(x.dtype) / 255
     return out
 
+# %% ../nbs/01_distortions.ipynb #958e57c5
 def torchvision_io():
     "The `torchvision.io` module (imported on first use)."
     import torchvision.io as tio
     return tio
 
+# %% ../nbs/01_distortions.ipynb #86579458
 _POOL = None
 def codec_pool() -> cf.Executor:
     "The shared pool for host codecs: threads (env QUALICLIP_CODEC_THREADS, default the CPU count), or spawned processes if env QUALICLIP_CODEC_PROCESSES > 0."
@@ -198,6 +214,7 @@ def codec_pool() -> cf.Executor:
         else: _POOL = cf.ThreadPoolExecutor(int(os.environ.get('QUALICLIP_CODEC_THREADS', os.cpu_count() or 1)))
     return _POOL
 
+# %% ../nbs/01_distortions.ipynb #f361b64b
 def set_codec_pool(processes:int=0, # >0: run host codecs in this many spawned processes
                    threads:int|None=None, # otherwise: this many threads (None: the CPU count)
                   ) -> cf.Executor:
@@ -209,6 +226,7 @@ def set_codec_pool(processes:int=0, # >0: run host codecs in this many spawned p
     if threads is not None: os.environ['QUALICLIP_CODEC_THREADS'] = str(int(threads))
     return codec_pool()
 
+# %% ../nbs/01_distortions.ipynb #c2539338
 def jpeg2000_roundtrip(a:np.ndarray, # uint8 (H,W,3)
                        rate:float, # compression ratio
                       ) -> np.ndarray:
@@ -219,6 +237,7 @@ def jpeg2000_roundtrip(a:np.ndarray, # uint8 (H,W,3)
     buf.seek(0)
     with Image.open(buf) as im: return np.asarray(im.convert('RGB'))
 
+# %% ../nbs/01_distortions.ipynb #beef6038
 def jpeg2000(x, v, draws):
     "JPEG 2000 encode/decode at compression ratio v (Pillow on the host, images in parallel threads)."
     a = _to_uint8(x).permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -230,16 +249,19 @@ def whitenoise(x, v, draws):
     "Additive Gaussian noise in RGB with variance v."
     return x + draws.randn(*x.shape[1:], device=x.device) * _col(v, x).sqrt()
 
+# %% ../nbs/01_distortions.ipynb #1120d4d5
 def whitenoiseCC(x, v, draws):
     "Additive Gaussian noise in YCbCr with variance v, converted back to RGB."
     y = kornia.color.rgb_to_ycbcr(x) + draws.randn(*x.shape[1:], device=x.device) * _col(v, x).sqrt()
     return kornia.color.ycbcr_to_rgb(y)
 
+# %% ../nbs/01_distortions.ipynb #ea09643e
 def impulsenoise(x, v, draws):
     "Salt and pepper noise on a fraction v of the values."
     u = draws.rand(*x.shape[1:], device=x.device); s = draws.rand(*x.shape[1:], device=x.device)
     return torch.where(u < _col(v, x), (s < 0.5).to(x.dtype), x)
 
+# %% ../nbs/01_distortions.ipynb #7e39da6b
 def multnoise(x, v, draws):
     "Multiplicative noise: x + x*n with n Gaussian of variance v."
     return x + x * draws.randn(*x.shape[1:], device=x.device) * _col(v, x).sqrt()
@@ -251,16 +273,19 @@ def tone_curve(t:torch.Tensor, # values in [0,1]
     "Quadratic tone curve through (0,0), (0.5,c), (1,1), clipped to [0,1]."
     return (t + 4*(c - 0.5)*t*(1 - t)).clamp(0, 1)
 
+# %% ../nbs/01_distortions.ipynb #9f33cd88
 def brighten(x, v, draws):
     "Brighten: tone curve raising mid-tones (control point 0.5+v/2), average of Lab-L and RGB versions."
     c = 0.5 + _col(v, x)/2; lab = _lab(x)
     via_lab = _rgb(torch.cat([tone_curve(lab[:, :1]/100, c)*100, lab[:, 1:]], 1))
     return 0.5*via_lab + 0.5*tone_curve(x, c)
 
+# %% ../nbs/01_distortions.ipynb #72353e4f
 def darken(x, v, draws):
     "Darken: tone curve lowering mid-tones (control point 0.5-v/2) on RGB."
     return tone_curve(x, 0.5 - _col(v, x)/2)
 
+# %% ../nbs/01_distortions.ipynb #e3008c70
 def meanshift(x, v, draws):
     "Mean shift: add v to all channels, with a random sign per image."
     sign = torch.where(draws.rand(device=x.device) < 0.5, -1.0, 1.0)
@@ -279,6 +304,7 @@ def jitter(x, v, draws, rounds:int=5):
         x = F.grid_sample(x, base + d, mode='bilinear', padding_mode='border', align_corners=False)
     return x
 
+# %% ../nbs/01_distortions.ipynb #d9e86818
 COUNT_AREA = 224 * 224  # count-based types give their counts per crop of this area (the 224 crops of the reference)
 
 def area_counts(v:torch.Tensor, # (B,) counts per `COUNT_AREA` pixels
@@ -291,6 +317,7 @@ def area_counts(v:torch.Tensor, # (B,) counts per `COUNT_AREA` pixels
     a = h * w / COUNT_AREA
     return (v.double() * a).round().long(), max(1, round(most * a))
 
+# %% ../nbs/01_distortions.ipynb #9cdccb93
 def noneccpatch(x, v, draws, patch:int=16, radius:int=16, max_patches:int=100):
     "Non-eccentricity patches: v times per 224x224 pixels, copy a patch to a random position at most `radius` pixels away."
     B, C, H, W = x.shape; P, HW = min(patch, H, W), H*W
@@ -309,6 +336,7 @@ def noneccpatch(x, v, draws, patch:int=16, radius:int=16, max_patches:int=100):
     idx = torch.where(keys >= 0, keys % HW, torch.arange(HW, device=x.device))
     return x.reshape(B, C, HW).gather(2, idx[:, None].expand(B, C, HW)).view(B, C, H, W)
 
+# %% ../nbs/01_distortions.ipynb #68bfc36b
 def pixelate(x, v, draws):
     "Pixelate: nearest-neighbour downscale by z = 0.95 - v^0.6, then nearest upscale back (pixel-centred sampling)."
     B, C, H, W = x.shape; z = (0.95 - v.double()**0.6).clamp_min(1e-3)
@@ -321,6 +349,7 @@ def pixelate(x, v, draws):
     b = torch.arange(B, device=x.device).view(B, 1, 1)
     return x.permute(0, 2, 3, 1)[b, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
+# %% ../nbs/01_distortions.ipynb #aa401d7c
 def quantization(x, v, draws, max_classes:int=20):
     "Quantisation to v classes, thresholds at equal-population quantiles of the luminance histogram."
     B = x.shape[0]; K = max_classes
@@ -338,6 +367,7 @@ def quantization(x, v, draws, max_classes:int=20):
     mid = (edges[:, :-1] + edges[:, 1:]) / 2
     return mid.gather(1, cls).view_as(x)
 
+# %% ../nbs/01_distortions.ipynb #8627e6d7
 def colorblock(x, v, draws, block:int=32, max_blocks:int=10):
     "Colour blocks: paste v random-colour square blocks per 224x224 pixels at random positions."
     B, C, H, W = x.shape; P = min(block, H, W)
@@ -363,11 +393,13 @@ def highsharpen(x, v, draws, kernel:int=13, sigma:float=6.0):
     blur = kornia.filters.gaussian_blur2d(L, (kernel, kernel), (sigma, sigma), border_type='replicate')
     return _rgb(torch.cat([L + _col(v, x)*(L - blur), lab[:, 1:]], 1))
 
+# %% ../nbs/01_distortions.ipynb #c1b105ec
 def lincontrchange(x, v, draws):
     "Contrast change: tone curve t - (s/4) sin(2 pi t) with s = +-v, the sign random per image."
     sign = torch.where(draws.rand(device=x.device) < 0.5, -1.0, 1.0).view(-1, 1, 1, 1)
     return x - sign*_col(v, x)/4 * torch.sin(2*math.pi*x)
 
+# %% ../nbs/01_distortions.ipynb #897c3cee
 def nonlincontrchange(x, v, draws):
     "Contrast squeeze: map [0,1] linearly onto [0.5-v, 0.5+v]."
     vv = _col(v, x)
@@ -434,6 +466,7 @@ def level_values(name:str, # a key of `DISTORTIONS`
     v = t[i] * (1 - f) + t[i + 1] * f
     return v.round() if d.integer else v
 
+# %% ../nbs/01_distortions.ipynb #d4a4391a
 def distort(x:torch.Tensor, # batch (B,3,H,W) (or one image (3,H,W)) in [0,1], any device
             name:str, # distortion type, a key of `DISTORTIONS`
             level, # level 1..5 (number, or a (B,) tensor of per-image levels)
@@ -467,12 +500,14 @@ def sample_compositions(n:int, # number of compositions
         out.append([GROUPS[groups[g]][int(row[1+G+g] * len(GROUPS[groups[g]]))] for g in order])
     return out
 
+# %% ../nbs/01_distortions.ipynb #3834b777
 def sample_composition(generator:torch.Generator|None=None, # source of randomness
                        max_distortions:int=4, # at most this many types (from distinct groups)
                       ) -> list[str]:
     "Draw a composition: n ~ U{1..max} distinct groups in random order, one random type from each."
     return sample_compositions(1, generator, max_distortions)[0]
 
+# %% ../nbs/01_distortions.ipynb #834b3067
 def apply_composition(x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                       composition:list[str], # type names, applied in this order
                       level, # level 1..5 for every type (number or (B,) tensor)
@@ -554,6 +589,7 @@ def measure_levels(images:list[torch.Tensor]|None=None, # (3,H,W) images; None: 
     df['ssim_decreasing'] = df['type'].map(dec('ssim')); df['psnr_decreasing'] = df['type'].map(dec('psnr'))
     return df
 
+# %% ../nbs/01_distortions.ipynb #72c0cda8
 def write_levels_csv(path:str|Path='nbs/assets/distortion_levels.csv', # output CSV, relative to the repo root unless absolute
                      **kwargs, # passed to `measure_levels`
                     ) -> Path:
@@ -583,6 +619,7 @@ def measure_fn(fn:Callable, # fn(x, v, draws) on a batch
         out.append((float(torch.cat(s).mean()), float(torch.cat(p).mean())))
     return out
 
+# %% ../nbs/01_distortions.ipynb #857eb90d
 def _ref_colorsat1(x, v, draws):
     hsv = kornia.color.rgb_to_hsv(x)
     return kornia.color.hsv_to_rgb(torch.cat([hsv[:, :1], hsv[:, 1:2]*_col(v, x), hsv[:, 2:]], 1))
@@ -628,6 +665,7 @@ def distortion_grid(x:torch.Tensor, # one image (3,H,W) in [0,1]
     fig.tight_layout(pad=0.2, h_pad=0.3, w_pad=0.1)
     return fig
 
+# %% ../nbs/01_distortions.ipynb #f43394cd
 def distort_cmd(image:str, # input image file
                 type:str, # distortion type (e.g. gaublur, jpeg2000, nonlincontrchange)
                 level:int, # level 1..5
@@ -641,6 +679,7 @@ def distort_cmd(image:str, # input image file
     save_image(distort(x, type, level, make_generator(seed)), out)
     print(out); return 0
 
+# %% ../nbs/01_distortions.ipynb #8af05d81
 def distortion_grid_cmd(image:str, # input image file
                         out:str, # output PNG
                         size:int=192, # side of each tile in pixels

@@ -37,6 +37,7 @@ def scorer_tag(scorer, # a scorer
     bb = getattr(scorer, 'backbone', None)
     return ':'.join(str(s) for s in (getattr(scorer, 'name', type(scorer).__name__), bb, src) if s)
 
+# %% ../nbs/08_evaluate.ipynb #e1c83ea5
 def _slug(s) -> str:
     "A distortion type as a JSON key fragment."
     return re.sub(r'[^0-9a-z]+', '_', str(s).lower()).strip('_')
@@ -279,6 +280,7 @@ def oriented(scores:pd.DataFrame, # a scores.csv table (score, mos, higher_bette
     sq = 1.0 if ok.get('higher_better', pd.Series([True])).astype(bool).iloc[0] else -1.0
     return sp * ok.score.to_numpy(float), sq * ok.mos.to_numpy(float)
 
+# %% ../nbs/08_evaluate.ipynb #4c9d2e8f
 def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
                     dataset:str, # its name (the registry says whether an official split exists)
                     n_splits:int=10, # seeded splits when there is no official one
@@ -291,6 +293,7 @@ def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
     s = make_splits(ok, n=n_splits, seed=split_seed)
     return [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)], f'median of {n_splits} seeded 70/10/20 test splits'
 
+# %% ../nbs/08_evaluate.ipynb #cb4035bd
 def corr_or_nan(fn, # a correlation, e.g. `srcc`
                 p, # predictions
                 q, # labels
@@ -299,6 +302,7 @@ def corr_or_nan(fn, # a correlation, e.g. `srcc`
     try: return float(fn(p, q))
     except ValueError: return np.nan
 
+# %% ../nbs/08_evaluate.ipynb #32138d78
 def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
                   dataset:str, # its name
                   n_boot:int=1000, # bootstrap resamples
@@ -324,6 +328,7 @@ def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
         out.append(row)
     return out
 
+# %% ../nbs/08_evaluate.ipynb #6f9e0e3f
 def write_table(table:pd.DataFrame, # the table (all columns, written as CSV)
                 md:str, # its Markdown rendering, caption included
                 csv_path:str|Path, # destination of the CSV
@@ -337,6 +342,7 @@ def write_table(table:pd.DataFrame, # the table (all columns, written as CSV)
     if metrics is not None and metrics_path is not None:
         with atomic_path(metrics_path) as t: Path(t).write_text(json.dumps(_clean_tree(metrics), indent=1) + '\n')
 
+# %% ../nbs/08_evaluate.ipynb #37f25b98
 def _clean_tree(d):
     if isinstance(d, dict): return {k: _clean_tree(v) for k, v in d.items()}
     return _clean(d)

@@ -56,6 +56,7 @@ def loss_pos(
     "Positive-prompt ranking loss: s_p must decrease by m_rank as the degradation level increases."
     return _rank_hinge(sim[..., 0], 1.0, m_rank, pairs)
 
+# %% ../nbs/04_losses.ipynb #3f5462ee
 def loss_neg(
     sim:Tensor, # similarities (B, L, 2, P, 2) already in the chosen space (see `prepare_sim`)
     m_rank:float=0.05, # ranking margin
@@ -64,6 +65,7 @@ def loss_neg(
     "Negative-prompt ranking loss: s_n must increase by m_rank as the degradation level increases."
     return _rank_hinge(sim[..., 1], -1.0, m_rank, pairs)
 
+# %% ../nbs/04_losses.ipynb #52a9536d
 def loss_cons(
     sim:Tensor, # similarities (B, L, 2, P, 2) already in the chosen space (see `prepare_sim`)
     m_cons:float=0.0, # tolerated difference between the two crops before the loss counts

@@ -51,6 +51,7 @@ def srcc(pred, # predicted scores
     p, m = check_pairs(pred, mos)
     return float(stats.spearmanr(p, m)[0])
 
+# %% ../nbs/07_metrics.ipynb #9bdaaca6
 def krcc(pred, # predicted scores
          mos,  # human scores
         ) -> float:
@@ -58,6 +59,7 @@ def krcc(pred, # predicted scores
     p, m = check_pairs(pred, mos)
     return float(stats.kendalltau(p, m)[0])
 
+# %% ../nbs/07_metrics.ipynb #5e2aacb9
 def plcc(pred, # predicted scores
          mos,  # human scores
         ) -> float:
@@ -70,6 +72,7 @@ def logistic5(x, b1, b2, b3, b4, b5):
     "Five-parameter logistic of Sheikh et al. (2006): b1 (1/2 - 1/(1+exp(b2 (x-b3)))) + b4 x + b5."
     return b1 * (special.expit(b2 * (x - b3)) - 0.5) + b4 * x + b5
 
+# %% ../nbs/07_metrics.ipynb #72706b50
 def _jac5(x, b1, b2, b3, b4, b5):
     "Analytic Jacobian of `logistic5` (finite differences stall on parameters that start near 0)."
     s = special.expit(b2 * (x - b3)); ds = s * (1 - s)

@@ -217,6 +217,7 @@ def attnpool_nopos(pool:nn.Module, # open_clip `AttentionPool2d` (its q/k/v/c pr
     o = F.scaled_dot_product_attention(q, k, v)           # (B,h,1,d)
     return F.linear(o.transpose(1, 2).reshape(B, C), pool.c_proj.weight, pool.c_proj.bias)
 
+# %% ../nbs/03_model.ipynb #09156362
 def _side_after(side:int, # input side, in pixels
                 m:nn.Module, # a layer of the image tower
                ) -> int:
@@ -266,6 +267,7 @@ def check_prompts(prompts, # sequence of (positive, negative) string pairs
     if not out: raise ValueError("No prompt pairs given; pass at least one (positive, negative) pair.")
     return out
 
+# %% ../nbs/03_model.ipynb #c881ede4
 @torch.no_grad()
 def encode_prompts(clip:nn.Module, # open_clip CLIP model (its text tower is used)
                    prompts=PROMPTS, # (positive, negative) pairs
@@ -347,12 +349,14 @@ def encode_image(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1], any
     if not normalize: return f
     with torch.autocast(f.device.type, enabled=False): return F.normalize(f.float(), dim=-1)  # fp32 under mixed precision
 
+# %% ../nbs/03_model.ipynb #78cae877
 @patch
 def similarities(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                 ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of each image to each (positive, negative) prompt."
     return self.features_to_cos(self.encode_image(x))
 
+# %% ../nbs/03_model.ipynb #fc470873
 @patch
 def features_to_cos(self:QualiCLIP, f:torch.Tensor, # L2-normalised image features (B,D)
                    ) -> torch.Tensor:
@@ -360,6 +364,7 @@ def features_to_cos(self:QualiCLIP, f:torch.Tensor, # L2-normalised image featur
     with torch.autocast(f.device.type, enabled=False):  # mixed precision would round the cosine before the x100 scale
         return (f.float() @ self.text_features.float().T).view(f.shape[0], -1, 2)
 
+# %% ../nbs/03_model.ipynb #299f5a49
 @patch
 def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P,2)
                    ) -> torch.Tensor:
@@ -393,12 +398,14 @@ def score_and_embed(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/03_model.ipynb #71156ba4
 @patch
 def score_batch(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
                ) -> torch.Tensor:
     "Quality scores (B,) float32 on the model's device; no gradient, eval mode."
     return self.score_and_embed(x)[0]
 
+# %% ../nbs/03_model.ipynb #62225e3a
 @patch
 def quality(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (float), on any device
            ) -> torch.Tensor:
@@ -408,6 +415,7 @@ def quality(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (float), 
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/03_model.ipynb #0b6aff8a
 def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in [0,1] or uint8
                 resize_short:int|None=None, # resize the shorter side to this (bicubic, antialiased); None: native
                ) -> torch.Tensor:
@@ -455,6 +463,7 @@ def read_official(path:str|Path, # checkpoint file in the official layout
     if extra: raise ValueError(f"{path}: unexpected key(s) {extra[:5]} besides 'clip_model.*' and 'prompts_features'.")
     return {k[len('clip_model.'):]: v for k, v in sd.items() if k.startswith('clip_model.')}, sd['prompts_features']
 
+# %% ../nbs/03_model.ipynb #9b81a51f
 def infer_config(sd:dict, # CLIP state dict (no prefix)
                  path='checkpoint', # file it came from (named in errors)
                 ) -> tuple[str|None, dict]:
@@ -507,6 +516,7 @@ def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official l
     m.checkpoint = str(path)
     return m.to(get_device(device))
 
+# %% ../nbs/03_model.ipynb #f82a868a
 @patch
 def official_state_dict(self:QualiCLIP) -> dict:
     "State dict in the official layout: `clip_model.<key>` for every CLIP key, plus `prompts_features`."
@@ -514,6 +524,7 @@ def official_state_dict(self:QualiCLIP) -> dict:
     sd['prompts_features'] = self.text_features.detach().float().cpu().contiguous()
     return sd
 
+# %% ../nbs/03_model.ipynb #feaca420
 @patch
 def export_official(self:QualiCLIP, path:str|Path, # destination file (written atomically)
                    ) -> Path:
@@ -521,6 +532,7 @@ def export_official(self:QualiCLIP, path:str|Path, # destination file (written a
     with atomic_path(path) as tmp: torch.save(self.official_state_dict(), tmp)
     return Path(path)
 
+# %% ../nbs/03_model.ipynb #bd590c80
 def prompt_features_gap(path:str|Path, # checkpoint in the official layout
                         backbone:str|None=None, # open_clip config name (None: inferred)
                        ) -> float:
@@ -546,6 +558,7 @@ def randomize_(model:nn.Module, # module whose floating-point parameters and buf
         else: t.add_(noise * vec_std)
     return model
 
+# %% ../nbs/03_model.ipynb #239bc533
 def random_official_checkpoint(path:str|Path, # destination file
                                backbone:str=TINY_CONFIG, # open_clip config name
                                seed:int=0, # seed of the random weights
@@ -572,6 +585,7 @@ class ClipNormalisedQualiCLIP(nn.Module):
         x = x * self.model.std.to(x) + self.model.mean.to(x)
         return self.model.quality(x) if torch.is_grad_enabled() and x.requires_grad else self.model.score_batch(x)
 
+# %% ../nbs/03_model.ipynb #bd4aba33
 def _sha256(path:str|Path, # file to hash
            ) -> str:
     "Hex SHA-256 of a file."

@@ -44,6 +44,7 @@ def cubic_kernel(x:np.ndarray, # distances in pixels
     return np.where(ax <= 1, (a + 2) * ax3 - (a + 3) * ax2 + 1,
                     np.where(ax <= 2, a * ax3 - 5 * a * ax2 + 8 * a * ax - 4 * a, 0.0))
 
+# %% ../nbs/07a_niqe.ipynb #6ac470ec
 def resize_weights(in_len:int, # input length
                    out_len:int, # output length
                    scale:float, # out/in scale factor
@@ -64,6 +65,7 @@ def resize_weights(in_len:int, # input length
     np.add.at(W, (np.repeat(np.arange(out_len), P), idx.ravel()), w.ravel())
     return W
 
+# %% ../nbs/07a_niqe.ipynb #86b4e152
 def imresize_matlab(img:np.ndarray, # 2-D float image
                     scale:float=0.5, # scale factor
                     antialias:bool=True, # MATLAB's default antialiasing when shrinking
@@ -82,6 +84,7 @@ def gaussian_window(size:int=7, # window side
     x = np.arange(size) - (size - 1) / 2
     g = np.exp(-x**2 / (2 * sigma**2)); return g / g.sum()
 
+# %% ../nbs/07a_niqe.ipynb #43ffe4ed
 def mscn(im:np.ndarray, # 2-D float image, 0-255 scale
          window:int=7, # Gaussian window side
          sigma:float=7/6, # Gaussian standard deviation
@@ -115,6 +118,7 @@ def ggd_fit(x:np.ndarray, # (N, M) samples, one row per block (or 1-D)
     alpha = _GAM[::-1][k]
     return np.where(np.isfinite(rho), alpha, np.nan), np.sqrt(sigma_sq)
 
+# %% ../nbs/07a_niqe.ipynb #39a78166
 def aggd_fit(x:np.ndarray, # (N, M) samples, one row per block (or 1-D)
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Asymmetric generalised Gaussian shape and left/right scales per row, as `estimateaggdparam.m`: (alpha, beta_l, beta_r)."
@@ -158,6 +162,7 @@ def niqe_block_features(blocks:np.ndarray, # (N, h, w) MSCN blocks
         feats += [a, mean, bl, br]
     return np.stack(feats, axis=1)
 
+# %% ../nbs/07a_niqe.ipynb #09cfdce2
 def niqe_features(img:np.ndarray, # (H,W,3) uint8 RGB, or (H,W) gray, 0-255
                   block_size:int=96, # block side at full scale
                   scales:int=2, # number of scales (the original: 2, halving each time)
@@ -188,6 +193,7 @@ class NIQEModel:
     cov:np.ndarray
     meta:dict = field(default_factory=dict)
 
+# %% ../nbs/07a_niqe.ipynb #740c8bae
 def _nanstats(feats:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "MATLAB's `nanmean` (per column) and `nancov` (complete rows, N-1 normalisation; zeros for one row)."
     mu = np.nanmean(feats, axis=0)
@@ -228,6 +234,7 @@ def fit_niqe(images, # a folder, a list of image paths, or a list of arrays (H,W
     return NIQEModel(mu, cov, {'n_images': used, 'n_patches': int(len(feats)), 'block_size': block_size,
                                'sharpness_threshold': sharpness_threshold, 'mscn_fit': mscn_fit})
 
+# %% ../nbs/07a_niqe.ipynb #9a6dc7bd
 def niqe_score(img, # image: path, PIL, (3,H,W) tensor in [0,1], or (H,W,3) uint8 / (H,W) array in 0-255
                model:NIQEModel, # pristine model (`fit_niqe` or `load_niqe_params`)
                block_size:int=96, # block side (must match the model's)
@@ -258,6 +265,7 @@ def save_niqe_params(model:NIQEModel, # the model to save
             with open(t, 'wb') as fh: np.savez(fh, meta=json.dumps(model.meta, default=str), **d)
     return path
 
+# %% ../nbs/07a_niqe.ipynb #15aae763
 def load_niqe_params(path:str|Path, # `.mat` (official `modelparameters.mat`, or ours) or `.npz`
                     ) -> NIQEModel:
     "Read a NIQE pristine model (`mu_prisparam`, `cov_prisparam`)."
@@ -312,6 +320,7 @@ class NIQEScorer:
     def __del__(self):
         if getattr(self, '_pool', None) is not None: self._pool.shutdown(wait=False, cancel_futures=True)
 
+# %% ../nbs/07a_niqe.ipynb #fa37e3cd
 def niqe_scorer(weights:str|None=None, # NIQE parameters file (same as `niqe_params`)
                 niqe_params:str|None=None, # official `modelparameters.mat`, a `save_niqe_params` file, or a folder of pristine images to fit on
                 device:str='auto', # ignored: NIQE runs on the CPU

@@ -28,6 +28,7 @@ def resolve(p:str|Path, # a path from a params file: relative to the repository 
     p = Path(p).expanduser()
     return p if p.is_absolute() else repo_root()/p
 
+# %% ../nbs/13_pipeline.ipynb #07db67fe
 def _params(params:str|dict) -> dict:
     "A params dict from a file name or a dict."
     return params if isinstance(params, dict) else load_params(params)
@@ -70,6 +71,7 @@ class Input:
     space:str='' # disk space it takes
     note:str='' # what was found (a layout problem, an archive waiting to be unpacked)
 
+# %% ../nbs/13_pipeline.ipynb #55f7f353
 def _is_demo_path(p, params) -> bool:
     "Whether a path lies in what the pipeline writes itself (the demo photos)."
     d = str((params.get('pristine') or {}).get('demo_dir', 'data/pristine')).rstrip('/')
@@ -133,6 +135,7 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
                              f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
     return out
 
+# %% ../nbs/13_pipeline.ipynb #7c6ec9ab
 def check_cmd(params:str='params.yaml', # the profile
              ) -> int:
     "List every input the profile needs, present or missing, with what to do for each missing one; exit 1 if any is missing."
@@ -160,6 +163,7 @@ def pool_archive_members(names:list, # member names of the archive
             if rest: out[n] = str(PurePosixPath(*rest))
     return out
 
+# %% ../nbs/13_pipeline.ipynb #fd2ae105
 def unpack_pool(archive:str|Path, # the KADIS-700k zip (or any zip with a ref_imgs/ folder)
                 dest:str|Path, # the folder to create (e.g. data/kadis700k/ref_imgs); must not exist
                 progress:bool=True, # tqdm bar
@@ -185,6 +189,7 @@ def unpack_pool(archive:str|Path, # the KADIS-700k zip (or any zip with a ref_im
                            "Fetch it again (dvc update data.dvc).") from None
     return dest
 
+# %% ../nbs/13_pipeline.ipynb #ab32483e
 def unpack_cmd(params:str='params.yaml', # the profile (`train.pristine`, `pristine.pool_archive`)
               ) -> int:
     "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing (never overwrites)."
@@ -219,6 +224,7 @@ def standin_openai_weights(path:str|Path, # destination (e.g. data/weights/RN50.
         with atomic_path(path) as t: torch.jit.save(traced, str(t))
     return Path(path)
 
+# %% ../nbs/13_pipeline.ipynb #3a8058b4
 def standin_pool_archive(path:str|Path, # destination zip (e.g. data/downloads/kadis700k.zip)
                          n:int=6, # pristine images (demo photos)
                          short:int=160, # their shorter side in pixels
@@ -235,12 +241,14 @@ def standin_pool_archive(path:str|Path, # destination zip (e.g. data/downloads/k
         z.writestr('kadis700k/dist_imgs/README.txt', 'distorted images: not used by QualiCLIP\n')
     return Path(path)
 
+# %% ../nbs/13_pipeline.ipynb #3df6926f
 def standin_niqe_params(path:str|Path, # destination `.mat`
                        ) -> Path:
     "A NIQE parameters file in the official format (`mu_prisparam`, `cov_prisparam`), fitted on the demo training photos."
     from qualiclip.niqe import fit_niqe, save_niqe_params
     return save_niqe_params(fit_niqe([demo_photo(n) for n in DEMO_SPLITS['train'][:6]]), path)
 
+# %% ../nbs/13_pipeline.ipynb #c72947f3
 def standin_cmd(params:str='params.yaml', # the profile
                 n:int=4, # images (authentic datasets) or references (synthetic ones) per miniature dataset
                 seed:int=0, # seed of the stand-ins
@@ -295,6 +303,7 @@ def write_index(name:str, # a key of `qualiclip.datasets.DATASETS`
     with atomic_path(out) as t: df.to_csv(t, index=False)
     return df
 
+# %% ../nbs/13_pipeline.ipynb #19c4644b
 def read_index(path:str|Path, # an index written by `write_index`
               ) -> pd.DataFrame:
     "A dataset index as the `load_dataset` table (absolute paths; the fingerprint columns dropped)."
@@ -309,6 +318,7 @@ def read_index(path:str|Path, # an index written by `write_index`
     df['mos'] = _numbers(df.mos, 'mos', df.image, 'index', path)
     return df.drop(columns=[c for c in ('dataset', 'bytes', 'mtime_ns') if c in df])
 
+# %% ../nbs/13_pipeline.ipynb #ce8fbb35
 def index_cmd(dataset:str, # dataset name, e.g. koniq10k
               root:str, # its folder (owners' layout), e.g. data/datasets/koniq10k
               out:str, # the index file, e.g. data/index/koniq10k.csv
@@ -343,6 +353,7 @@ def index_pool(folder:str|Path, # a folder of pristine images (searched recursiv
     with atomic_path(out) as t: df.to_csv(t, index=False)
     return df
 
+# %% ../nbs/13_pipeline.ipynb #0976b562
 def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k/ref_imgs
                    out:str, # the list, e.g. data/index/pool-kadis700k.csv
                   ) -> int:
@@ -361,6 +372,7 @@ def pristine_cmd(out:str='data/pristine', # folder to write the demo photos into
     for s in DEMO_SPLITS: write_demo_photos(Path(out)/s, s)
     print(f"demo photos -> {out}: " + ", ".join(f"{s} {len(v)}" for s, v in DEMO_SPLITS.items())); return 0
 
+# %% ../nbs/13_pipeline.ipynb #a4172c86
 def init_weights(params:str|dict='params.yaml', # the profile (`model:` and `seed`)
                 ) -> Path:
     "Build the starting model and write it as plain CLIP weights (`clip.pt`) and in the official layout (`qualiclip.pth`)."
@@ -381,11 +393,13 @@ def init_weights(params:str|dict='params.yaml', # the profile (`model:` and `see
     print(f"starting weights ({m['backbone']}, {tag}{': ' + str(f) if src else ''}, seed {seed}) -> {m['init_dir']}/clip.pt, qualiclip.pth")
     return out
 
+# %% ../nbs/13_pipeline.ipynb #2365ba63
 def init_cmd(params:str='params.yaml', # the profile
             ) -> int:
     "Write the starting weights: a seeded random initialisation or the profile's weights file (`model.start`)."
     init_weights(params); return 0
 
+# %% ../nbs/13_pipeline.ipynb #6d4ee019
 def ablate_cmd(name:str, # a key of `ablations:` in the profile
                params:str='params.yaml', # the profile
               ) -> int:
@@ -410,6 +424,7 @@ def evaluate_models(params:str|dict='params.yaml', # the profile
     for name, f in (ev.get('released') or {}).items(): out[name] = ('qualiclip', f, list(ev.get('released_datasets') or []))
     return out
 
+# %% ../nbs/13_pipeline.ipynb #afa6c8fb
 def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.released
                      params:str='params.yaml', # the profile
                     ) -> int:
@@ -458,6 +473,7 @@ def paper_params(params:str|dict, # the profile
     if 'dataset' in out and name in ('T3_ablations', 'F1_levels'): out['dataset_root'] = f"{root}/{out['dataset']}"
     return out
 
+# %% ../nbs/13_pipeline.ipynb #d5742db9
 def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opinion_unaware
               params:str='params.yaml', # the profile
               out:str='outputs/notebooks', # folder of the executed notebooks
@@ -554,6 +570,7 @@ def summary(params:str|dict='params.yaml', # the profile
     if missing: lines += ['', 'Missing: ' + '; '.join(missing) + ' (run `make repro`, or `dvc repro` for the stage that writes it).']
     return '\n'.join(lines), missing
 
+# %% ../nbs/13_pipeline.ipynb #b501b39e
 def summary_cmd(params:str='params.yaml', # the profile
                ) -> int:
     "Print the T1 table, the training run's best and final validation SRCC and where the figures are; exit 1 if some are missing."

@@ -32,6 +32,7 @@ def prompt_strings(prompts=PROMPTS, # (positive, negative) pairs
     "The prompt strings in scoring order: pos0, neg0, pos1, neg1, ..."
     return [s for pair in check_prompts(prompts) for s in pair]
 
+# %% ../nbs/12_prompts.ipynb #ad61d527
 def text_tokenizer(backbone:str|None, # open_clip config name of the CLIP model (None or unknown: CLIP's BPE tokenizer)
                    context_length:int=77, # the text tower's context length
                   ):
@@ -115,6 +116,7 @@ class QualiCLIPPlus(QualiCLIP):
         "CLIP's logit scale (the checkpoint's `logit_scale.exp()`; 100 for the released weights)."
         return self.clip.logit_scale.detach().float().exp()
 
+# %% ../nbs/12_prompts.ipynb #0f6de4f8
 def _cache_key(m:QualiCLIPPlus) -> tuple:
     pl = m.prompt_learner
     return tuple((t.data_ptr(), t._version, t.device) for t in (pl.ctx, pl.token_prefix, pl.token_suffix))
@@ -129,12 +131,14 @@ def prompt_features(self:QualiCLIPPlus) -> torch.Tensor:
     if not grad: self._cache = (_cache_key(self), t)
     return t
 
+# %% ../nbs/12_prompts.ipynb #e6ba81d1
 @patch
 def similarities(self:QualiCLIPPlus, x:torch.Tensor, # batch (B,3,H,W) in [0,1]
                 ) -> torch.Tensor:
     "Cosine similarities (B,P,2) of each image to each learned (positive, negative) prompt."
     return self.features_to_cos(self.encode_image(x).float())
 
+# %% ../nbs/12_prompts.ipynb #e641e6ce
 @patch
 def features_to_cos(self:QualiCLIPPlus, f:torch.Tensor, # L2-normalised image features (B,E)
                    ) -> torch.Tensor:
@@ -142,12 +146,14 @@ def features_to_cos(self:QualiCLIPPlus, f:torch.Tensor, # L2-normalised image fe
     with torch.autocast(f.device.type, enabled=False):   # fp32 under mixed precision, as the base model's head
         return (f.float() @ self.prompt_features().float().T).view(f.shape[0], -1, 2)
 
+# %% ../nbs/12_prompts.ipynb #eddfb535
 @patch
 def logits_to_score(self:QualiCLIPPlus, cos:torch.Tensor, # cosine similarities (B,P,2)
                    ) -> torch.Tensor:
     "Score (B,): softmax of `logit_scale * cos / temperature` per pair, positive probability averaged over pairs."
     return torch.softmax(self.logit_scale().to(cos.device) * cos.float() / self.temperature, dim=-1)[..., 0].mean(-1)
 
+# %% ../nbs/12_prompts.ipynb #486df8fb
 @patch
 def base_score(self:QualiCLIPPlus, f:torch.Tensor, # L2-normalised image features (B,E)
               ) -> torch.Tensor:
@@ -176,6 +182,7 @@ def prompts_state_dict(self:QualiCLIPPlus) -> dict:
     "The learned prompts in pyiqa's layout: {'params': {the three `prompt_learner.*` tensors}}."
     return {'params': {f'prompt_learner.{k}': v.detach().float().cpu().contiguous() for k, v in self.prompt_learner.state_dict().items()}}
 
+# %% ../nbs/12_prompts.ipynb #d013d871
 @patch
 def save_prompts(self:QualiCLIPPlus, path:str|Path, # destination (written atomically)
                  meta:dict|None=None, # provenance (dataset, epochs, SRCC...), stored under 'meta'
@@ -187,6 +194,7 @@ def save_prompts(self:QualiCLIPPlus, path:str|Path, # destination (written atomi
     with atomic_path(path) as t: torch.save(d, t)
     return Path(path)
 
+# %% ../nbs/12_prompts.ipynb #49231f7c
 def read_prompts(path:str|Path, # a prompts file: pyiqa's `QualiCLIP+_*.pth` or ours
                 ) -> tuple[dict, dict]:
     "(the three `prompt_learner.*` tensors, meta) of a prompts file; clear errors for anything else."
@@ -204,6 +212,7 @@ def read_prompts(path:str|Path, # a prompts file: pyiqa's `QualiCLIP+_*.pth` or 
     meta = d.get('meta') if isinstance(d.get('meta'), dict) else {}
     return {k: sd[k].float() for k in PYIQA_KEYS}, meta
 
+# %% ../nbs/12_prompts.ipynb #a3c16473
 @patch
 def load_prompts(self:QualiCLIPPlus, path:str|Path, # a prompts file (pyiqa's layout)
                  tol:float=1e-3, # warn when the file's token embeddings differ from this CLIP's by more
@@ -276,6 +285,7 @@ def read_table(dataset:str, # a key of `qualiclip.datasets.DATASETS`
         if not len(df): raise ValueError(f"{dataset}: no image of {root} has {subset!r} in its path or reference; check --subset.")
     return df.reset_index(drop=True)
 
+# %% ../nbs/12_prompts.ipynb #0c755907
 def prompt_splits(df:pd.DataFrame, # table from `read_table`
                   dataset:str, # its name (official splits come from its spec)
                   split:str='auto', # 'auto': official split, else seeded split `split_index`; 'all': every image trains
@@ -317,6 +327,7 @@ def plcc_loss(pred:torch.Tensor, # predicted scores (B,)
     a, b = pred - pred.mean(), target - target.mean()
     return (1 - (F.normalize(a, dim=0) * F.normalize(b, dim=0)).sum()) / 2
 
+# %% ../nbs/12_prompts.ipynb #952f0ba9
 def _encode(model:QualiCLIP, x:torch.Tensor) -> torch.Tensor:
     "Normalised image features (B,E) fp32 without gradient (CUDA: the model's autocast dtype)."
     from qualiclip.model import _amp_dtype
@@ -508,6 +519,7 @@ def prompts_recipe(params:str|dict|None=None, # a profile (file or dict) with a 
     if unknown: raise ValueError(f"prompts.{unknown[0]} in the params is not a recipe key; known: {sorted(RECIPE)} and fit.")
     return {**RECIPE, **{k: v for k, v in sec.items() if k in RECIPE}, **{k: v for k, v in given.items() if v is not None}}, p
 
+# %% ../nbs/12_prompts.ipynb #55ee24c2
 def prompts_key(spec:str, # a T2 training side: `name` or `name[subset]`
                ) -> str:
     "The folder name of the prompts learned on `spec`: `koniq10k` -> koniq10k, `demo[chelsea]` -> demo-chelsea."

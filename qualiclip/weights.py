@@ -81,6 +81,7 @@ def compare_states(a:dict, # CLIP state dict A (the reference: changes are relat
                      'identical': bool(torch.equal(a[k], b[k]))})
     return pd.DataFrame(rows)
 
+# %% ../nbs/14_weights.ipynb #854ae4df
 def layer_table(t:pd.DataFrame, # `compare_states` output
                ) -> pd.DataFrame:
     "Image tower per layer, in file order: kind (conv/batchnorm/linear/...), parameter and running-statistics relative change."
@@ -140,6 +141,7 @@ def summarise(t:pd.DataFrame, # `compare_states` output
     facts['verdict'] = ' '.join(v)
     return facts
 
+# %% ../nbs/14_weights.ipynb #a9315adc
 def plot_layers(lt:pd.DataFrame, # `layer_table` output
                 path:str|Path, # PNG to write
                 title:str='', # figure title
@@ -169,6 +171,7 @@ def plot_layers(lt:pd.DataFrame, # `layer_table` output
     plt.close(fig)
     return Path(path)
 
+# %% ../nbs/14_weights.ipynb #5c2fdb00
 def compare_weights(a:str|Path, # weights file A (the reference, e.g. the starting weights)
                     b:str|Path, # weights file B (e.g. the trained checkpoint)
                     out:str|Path, # folder to write comparison.json, layers.csv, tensors.csv, layers.png (atomically)
@@ -185,6 +188,7 @@ def compare_weights(a:str|Path, # weights file A (the reference, e.g. the starti
         plot_layers(lt, d/'layers.png', f"{Path(b).name} vs {Path(a).name}: image tower, relative change per layer")
     return facts
 
+# %% ../nbs/14_weights.ipynb #5a741a1d
 def compare_weights_cmd(a:str, # weights file A, the reference (e.g. runs/init/clip.pt or OpenAI's RN50.pt)
                         b:str, # weights file B (e.g. runs/demo/qualiclip.pth or the released qualiclip.pth)
                         out:str='outputs/weights', # folder for comparison.json, layers.csv, tensors.csv, layers.png
