@@ -216,9 +216,9 @@ def _row(axs, res:dict, checkpoints:list, title:bool=True):
         o = res['qualiclip'][c]
         ax.barh(ys + (i - (n - 1) / 2) * w, o['pairs'], height=w, color=f'C{i}', label=_label(c, checkpoints))
         ax.axvline(o['score'], color=f'C{i}', ls='--', lw=1)
-    ax.set_yticks(ys); ax.set_yticklabels([f"{p} / {q}" for p, q in PROMPTS], fontsize=7); ax.invert_yaxis()
+    ax.set_yticks(ys); ax.set_yticklabels([p for p, _ in PROMPTS], fontsize=7); ax.invert_yaxis()
     ax.set_xlim(0, 1); ax.tick_params(axis='x', labelsize=7)
-    ax.set_xlabel('P(positive prompt)', fontsize=7)
+    ax.set_xlabel('P(positive prompt of the pair)', fontsize=7)
     if title: ax.legend(fontsize=6, loc='lower right'); ax.set_title('prompt pairs (dashed: score)', fontsize=8)
 
 def panel_figure(results:list, # results of `Explorer.compute`, one row each
@@ -227,10 +227,9 @@ def panel_figure(results:list, # results of `Explorer.compute`, one row each
     "A matplotlib figure with one row per result: image and scores, gradCAM per checkpoint, prompt-pair bars."
     import matplotlib.pyplot as plt
     n = len(checkpoints); ncol = n + 2
-    fig, axs = plt.subplots(len(results), ncol, figsize=(2.8 * (n + 1) + 4.6, 3.6 * len(results)), squeeze=False,
-                            gridspec_kw={'width_ratios': [1] * (n + 1) + [1.7]})
+    fig, axs = plt.subplots(len(results), ncol, figsize=(2.8 * (n + 1) + 3.6, 3.3 * len(results)), squeeze=False,
+                            gridspec_kw={'width_ratios': [1] * (n + 1) + [1.3]}, layout='constrained')
     for r, res in enumerate(results): _row(axs[r], res, checkpoints, title=r == 0)
-    fig.tight_layout()
     return fig
 
 # %% ../nbs/16_explore.ipynb #3e7e256a
