@@ -62,12 +62,14 @@ def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, 
                recursive:bool=False, # descend into sub-folders of folders
               ) -> list[dict]:
     "The job's parts, in a fixed order: one per shard, then chunks of `files_per_part` image files; each with its name and input identity."
+    import glob
     from braceexpand import braceexpand
     from qualiclip.scoring import _expand
     if files_per_part < 1: raise ValueError(f"--files-per-part {files_per_part}: give a positive number of files.")
     shards, files = [], []
     for s in map(str, inputs):
-        if SHARD_RE.search(s): shards += list(braceexpand(s))
+        if SHARD_RE.search(s):   # brace patterns, then globs of local files ('shards/*.tar'), sorted
+            for u in braceexpand(s): shards += (sorted(glob.glob(u)) if _is_local(u) and re.search(r'[*?[]', u) else []) or [u]
         elif Path(s).suffix.lower() in LIST_EXTS + ('.parquet',) and Path(s).is_file(): files += read_file_list(s)
         else: files.append(s)
     if len(set(shards)) < len(shards): raise ValueError("A shard is named twice in the inputs; each shard must be given once.")
