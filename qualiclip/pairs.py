@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_pairs.ipynb #7af0d3b1
 from __future__ import annotations
-import hashlib, itertools, json, math, tempfile, time, warnings
+import hashlib, itertools, json, math, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DataLoader
 
 from .core import (ImageReadError, load_pil, resize_short_side, list_images, get_device, make_generator,
-                            demo_photo, DEMO_SPLITS, write_demo_photos)
+                            demo_photo, demo_images, demo_folder, DEMO_SPLITS)
 from .distortions import apply_compositions, sample_compositions, ssim, psnr
 
 # %% auto #0
-__all__ = ['derive_seed', 'demo_pristine', 'PristineFolder', 'level_positions', 'crop_boxes', 'make_pairs',
-           'level_order_violations', 'measure_level_order', 'make_pairs_per_image', 'demo_pristine_folder',
-           'PairStream', 'bench_pairs_cmd']
+__all__ = ['derive_seed', 'PristineFolder', 'level_positions', 'crop_boxes', 'make_pairs', 'level_order_violations',
+           'measure_level_order', 'make_pairs_per_image', 'PairStream', 'bench_pairs_cmd']
 
 # %% ../nbs/02_pairs.ipynb #50fd4818
 def derive_seed(seed:int, # the run's seed
@@ -29,13 +28,6 @@ def derive_seed(seed:int, # the run's seed
     "A 63-bit seed derived from the run's seed, a purpose and keys by hashing: no two purposes share draws."
     h = hashlib.blake2b(json.dumps([int(seed), str(name), *map(int, keys)]).encode(), digest_size=8).digest()
     return int.from_bytes(h, 'little') >> 1
-
-# %% ../nbs/02_pairs.ipynb #3af6fcc1
-def demo_pristine(split:str='train', # a split of `qualiclip.core.DEMO_SPLITS`
-                 ) -> list[torch.Tensor]:
-    "The demo pristine photos (shipped in scikit-image, scikit-learn, matplotlib) as float (3,H,W) tensors in [0,1]."
-    if split not in DEMO_SPLITS: raise KeyError(f"Unknown demo split {split!r}; choose from {sorted(DEMO_SPLITS)}.")
-    return [torch.from_numpy(demo_photo(n)).permute(2, 0, 1).float() / 255 for n in DEMO_SPLITS[split]]
 
 # %% ../nbs/02_pairs.ipynb #d4c242dd
 class PristineFolder(Dataset):
@@ -74,6 +66,7 @@ def level_positions(levels:int) -> torch.Tensor:
     if levels == 1: return torch.tensor([3.0], dtype=torch.float64)
     return 1 + 4 * torch.arange(levels, dtype=torch.float64) / (levels - 1)
 
+# %% ../nbs/02_pairs.ipynb #a3f4ea73
 def _as_float_images(images) -> list[torch.Tensor]:
     ims = list(images) if not torch.is_tensor(images) else list(images.unbind(0)) if images.ndim == 4 else [images]
     if not ims: raise ValueError("make_pairs needs at least one image.")
@@ -83,6 +76,7 @@ def _as_float_images(images) -> list[torch.Tensor]:
         out.append(im.float() / 255 if im.dtype == torch.uint8 else im.float())
     return out
 
+# %% ../nbs/02_pairs.ipynb #55da643a
 def _fit_short(im:torch.Tensor, crop:int) -> torch.Tensor:
     "Upscale an image whose shorter side is below `crop` so that it equals `crop` (bilinear)."
     h, w = im.shape[-2:]
@@ -156,7 +150,7 @@ def measure_level_order(n:int=512, # number of samples
                         max_distortions:int=4, # at most this many types per composition
                        ) -> dict:
     "Fraction of samples whose levels are not strictly ordered (SSIM and PSNR to the undistorted crop), on demo photos."
-    ims = demo_pristine('train'); g = torch.Generator().manual_seed(seed); bad = {'ssim': 0, 'psnr': 0}; bad_comps = []
+    ims = demo_images('train'); g = torch.Generator().manual_seed(seed); bad = {'ssim': 0, 'psnr': 0}; bad_comps = []
     done = 0
     while done < n:
         k = min(batch, n - done)
@@ -189,16 +183,12 @@ def make_pairs_per_image(images, crop:int=224, levels:int=5, max_offset:int|None
     return torch.stack(out), comps
 
 # %% ../nbs/02_pairs.ipynb #982fe794
-def demo_pristine_folder(split:str='train') -> Path:
-    "Write the demo photos of a split as PNG files into a temporary folder (once) and return it."
-    d = Path(tempfile.gettempdir())/'qualiclip_demo_pristine'/split
-    write_demo_photos(d, split); return d
-
 def _worker_init(_):
     "Loader workers: one thread each, and a codec pool of their own (a pool's threads do not survive the fork)."
     from qualiclip import distortions
     torch.set_num_threads(1); distortions._POOL = None; distortions.set_codec_pool(threads=1)
 
+# %% ../nbs/02_pairs.ipynb #76daf0ff
 class PairStream(Dataset):
     "The training samples: batch k of a process's stream is (pairs (B,L,2,3,S,S), compositions), a function of (seed, rank, k)."
     def __init__(self, pristine=None, # files/folders/globs of pristine images (None: the demo training photos)
@@ -220,7 +210,7 @@ class PairStream(Dataset):
                  per_image:bool=False, # build samples with the per-image baseline `make_pairs_per_image` (benchmarks only)
                 ):
         self.device = get_device(device)
-        paths = demo_pristine_folder('train') if pristine is None else pristine
+        paths = demo_folder('train') if pristine is None else pristine
         self.dataset = PristineFolder(paths, recursive, scale, min_short=crop, seed=seed)
         self.source = str(pristine) if pristine is not None else 'the demo photos'
         self.batch_size, self.crop, self.levels = batch_size, crop, levels
@@ -228,20 +218,25 @@ class PairStream(Dataset):
         self.max_distortions, self.workers, self.seed, self.steps, self.prefetch = max_distortions, workers, seed, steps, prefetch
         self.rank, self.world, self.start, self.next_step, self.timings = rank, world, start, start, None
         self.per_image = per_image
-        per_rank = len(self.dataset) // world
-        if per_rank < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than the {per_rank} pristine images each of the {world} "
-                             f"process(es) gets from {self.source}; lower batch_size.")
-        self.per_epoch, self._order = per_rank // batch_size, (None, None)
+        self.per_rank = len(self.dataset) // world
+        if self.per_rank < 1:
+            raise ValueError(f"{len(self.dataset)} pristine images in {self.source} for {world} processes: each needs at least one; "
+                             "use fewer processes or more images.")
+        self.per_epoch, self._orders = math.ceil(self.per_rank / batch_size), {}
 
-    def files(self, k:int) -> tuple:
-        "(epoch, dataset indices) of batch k: a seeded permutation per epoch, split disjointly between ranks (the remainder of files // world sits out that epoch)."
-        epoch, pos = divmod(k, self.per_epoch)
-        if self._order[0] != epoch:
+    def order(self, epoch:int) -> list:
+        "This rank's files in an epoch: a seeded permutation split disjointly between ranks (the files // world remainder sits out)."
+        if epoch not in self._orders:
             s = torch.utils.data.DistributedSampler(range(len(self.dataset)), self.world, self.rank, shuffle=True,
                                                     seed=derive_seed(self.seed, 'files') % 2**31, drop_last=True)
-            s.set_epoch(epoch); self._order = (epoch, list(s))
-        return epoch, self._order[1][pos * self.batch_size:(pos + 1) * self.batch_size]
+            s.set_epoch(epoch); self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = list(s)
+        return self._orders[epoch]
+
+    def files(self, k:int) -> list:
+        "(epoch, dataset index) of each image of batch k: positions k*B..k*B+B-1 of the epochs' orders laid end to end."
+        return [(p // self.per_rank, self.order(p // self.per_rank)[p % self.per_rank])
+                for p in range(k * self.batch_size, (k + 1) * self.batch_size)]
 
     def sample(self, ims:list, k:int, timings:dict|None=None) -> tuple:
         "Batch k's samples from its decoded images (on the images' device), with the generator of (seed, rank, k)."
@@ -251,8 +246,7 @@ class PairStream(Dataset):
 
     def __getitem__(self, k:int) -> tuple:
         "Batch k as (k, pairs or uint8 images, compositions or None, timings); pairs when degrading on the CPU."
-        epoch, idx = self.files(k)
-        ims = [im for im in (self.dataset.load(i, epoch) for i in idx) if im is not None]
+        ims = [im for im in (self.dataset.load(i, e) for e, i in self.files(k)) if im is not None]
         if not ims or self.device.type != 'cpu': return k, ims, None, None
         t = {} if self.timings is not None else None
         p, comps = self.sample(ims, k, t)

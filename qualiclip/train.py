@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root
+from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root, demo_folder, timed
 from .losses import qualiclip_loss
 from .pairs import derive_seed
 
@@ -62,6 +62,7 @@ def _typed(key:str, # a TrainConfig field
         raise ValueError(f"train.{key}={v!r}: give text.")
     return v
 
+# %% ../nbs/05_train.ipynb #b8279934
 @dataclass
 class TrainConfig:
     "Every setting of a training run; the field names are the `train:` keys of params.yaml."
@@ -161,6 +162,7 @@ def dist_env() -> tuple:
     e = os.environ
     return int(e.get('RANK', 0)), int(e.get('WORLD_SIZE', 1)), int(e.get('LOCAL_RANK', 0))
 
+# %% ../nbs/05_train.ipynb #903637a8
 def setup_distributed(device:str='auto', # requested device; under torchrun CUDA becomes cuda:LOCAL_RANK
                      ) -> tuple:
     "Resolve the device and, when WORLD_SIZE > 1, join the process group (nccl on CUDA, gloo on CPU)."
@@ -172,6 +174,7 @@ def setup_distributed(device:str='auto', # requested device; under torchrun CUDA
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', rank=rank, world_size=world)
     return dev, rank, world
 
+# %% ../nbs/05_train.ipynb #e0849d9e
 def cleanup_distributed():
     "Leave the process group if this process joined one."
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
@@ -187,6 +190,7 @@ def lr_factor(step:int, # optimisation steps already taken
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
+# %% ../nbs/05_train.ipynb #3ba7cecd
 def autocast_dtype(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
                    device:torch.device, # training device
                   ) -> torch.dtype|None:
@@ -202,8 +206,8 @@ def pristine_dataset(folder:str|None, # folder (or files/globs) of pristine imag
                      seed:int=0, # seed of the random resize
                     ) -> torch.utils.data.Dataset:
     "The pristine images as a `PristineFolder` (uint8 (3,H,W) tensors, decoded and resized by loader workers)."
-    from qualiclip.pairs import PristineFolder, demo_pristine_folder
-    return PristineFolder(demo_pristine_folder(split) if folder is None else folder, scale=tuple(scale),
+    from qualiclip.pairs import PristineFolder
+    return PristineFolder(demo_folder(split) if folder is None else folder, scale=tuple(scale),
                           min_short=crop, seed=seed)
 
 # %% ../nbs/05_train.ipynb #b96e4b85
@@ -221,6 +225,7 @@ def balanced_compositions(n:int, # number of compositions
         out.append([t] + rest[:len(c) - 1])
     return out
 
+# %% ../nbs/05_train.ipynb #d35aa3b3
 def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float in [0,1]
                  crop:int=224, # crop size
                  levels:int=5, # degradation levels
@@ -252,11 +257,13 @@ def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float
     x = p[:, :, 0].reshape(-1, *p.shape[-3:]).cpu()
     return x, torch.arange(levels).repeat(n), torch.arange(n).repeat_interleave(levels)
 
+# %% ../nbs/05_train.ipynb #ded0d476
 def _corr(fn, a, b) -> float:
     "A correlation, 0.0 where it is undefined (constant scores)."
     try: return float(fn(a, b))
     except ValueError: return 0.0
 
+# %% ../nbs/05_train.ipynb #9f22aded
 @torch.no_grad()
 def validate(model, # a QualiCLIP
              x:Tensor, # validation crops (N,3,S,S)
@@ -291,6 +298,7 @@ def rng_state(gen:torch.Generator|None=None, # the pairs generator
     if gen is not None: st['pairs'] = gen.get_state().cpu()
     return st
 
+# %% ../nbs/05_train.ipynb #af1c2a91
 def set_rng_state(st:dict, # a dict from `rng_state`
                   gen:torch.Generator|None=None, # the pairs generator to restore
                  ):
@@ -308,8 +316,10 @@ class _Similarities(nn.Module):
     def __init__(self, model): super().__init__(); self.model = model
     def forward(self, x): return self.model.similarities(x)
 
+# %% ../nbs/05_train.ipynb #26b9c533
 def _bn_modules(m): return [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)]
 
+# %% ../nbs/05_train.ipynb #aeb8e22a
 def bn_has_statistics(m:nn.Module, # a module (e.g. the image tower)
                      ) -> bool:
     "Whether a BatchNorm layer of `m` holds running statistics from training, not the 0/1 of a fresh initialisation."
@@ -319,6 +329,7 @@ def bn_has_statistics(m:nn.Module, # a module (e.g. the image tower)
         if bool(b.running_mean.abs().gt(0).any()) or bool((b.running_var - 1).abs().gt(0).any()): return True
     return False
 
+# %% ../nbs/05_train.ipynb #7a1760b6
 def _param_groups(visual:nn.Module, weight_decay:float) -> list:
     "AdamW groups: decay on weight matrices and kernels, none on biases, norms and embeddings."
     decay, no = [], []
@@ -327,6 +338,7 @@ def _param_groups(visual:nn.Module, weight_decay:float) -> list:
         (decay if p.ndim >= 2 and 'positional_embedding' not in n else no).append(p)
     return [{'params': decay, 'weight_decay': weight_decay}, {'params': no, 'weight_decay': 0.0}]
 
+# %% ../nbs/05_train.ipynb #65af6df3
 class Trainer:
     "A QualiCLIP training run (one process of it under torchrun)."
     def __init__(self, cfg:TrainConfig):
@@ -366,6 +378,7 @@ def train_mode(self:Trainer):
     if self.bn == 'frozen':
         for m in _bn_modules(self.model.visual): m.eval()
 
+# %% ../nbs/05_train.ipynb #25418eb9
 @patch
 def loss(self:Trainer, pairs:Tensor) -> tuple:
     "Loss and its terms on a batch of pairs (B,L,2,3,S,S), under autocast."
@@ -379,6 +392,7 @@ def loss(self:Trainer, pairs:Tensor) -> tuple:
                           pairs=c.level_pairs, space=c.space, scale=float(getattr(self.model, 'scale', 100.0)),
                           prompt_pair=c.prompt_pair)
 
+# %% ../nbs/05_train.ipynb #e88cd966
 @patch
 def step(self:Trainer, pairs:Tensor) -> dict:
     "One optimisation step on a batch of pairs; returns the loss terms (averaged over processes) and lr."
@@ -412,6 +426,7 @@ def stream(self:Trainer, start:int=0) -> 'PairStream':
     return PairStream(c.pristine, c.batch_size, c.crop, c.levels, c.max_offset, c.max_distortions, self.device,
                       c.workers, c.seed, scale=c.scale, rank=self.rank, world=self.world, start=start)
 
+# %% ../nbs/05_train.ipynb #b909c75a
 @patch
 def batches(self:Trainer):
     "Endless batches of pairs on the device from the stream, starting at the batch after the last one trained on."
@@ -420,6 +435,7 @@ def batches(self:Trainer):
         self.data_step = s.next_step
         yield p
 
+# %% ../nbs/05_train.ipynb #47dbd053
 @patch
 def validate(self:Trainer) -> dict:
     "Metrics of the current model on the fixed validation set (built on first use)."
@@ -432,6 +448,7 @@ def validate(self:Trainer) -> dict:
                                  balanced=c.val_balanced)
     return validate(self.model, *self._val, batch_size=c.val_batch_size, amp_dtype=self.amp)
 
+# %% ../nbs/05_train.ipynb #39af11dd
 @patch
 def state(self:Trainer) -> dict:
     "Everything needed to continue the run exactly: the next batch of the stream, and every process's RNG states."
@@ -445,6 +462,7 @@ def state(self:Trainer) -> dict:
             'train_time_s': getattr(self, 'train_time', 0.0), 'n_crops': getattr(self, 'n_crops', 0),
             'config': self.cfg.to_dict()}
 
+# %% ../nbs/05_train.ipynb #69df2803
 @patch
 def save(self:Trainer):
     "Write checkpoint.pt and qualiclip.pth atomically (rank 0); every process must call it."
@@ -457,6 +475,7 @@ def save(self:Trainer):
 _RESUME_FREE = ('device', 'out', 'workers', 'val_every', 'log_every', 'ckpt_every', 'progress', 'stop_at', 'steps',
                 'compile', 'val_batch_size')
 
+# %% ../nbs/05_train.ipynb #dde046ea
 @patch
 def load(self:Trainer, path:str|Path|None=None):
     "Continue from checkpoint.pt (default: the run folder's)."
@@ -498,13 +517,16 @@ def _json_safe(v):
     if isinstance(v, np.integer): return int(v)
     return v
 
+# %% ../nbs/05_train.ipynb #091984ce
 def _write_json(d:dict, path:Path):
     with atomic_path(path) as t: t.write_text(json.dumps(_json_safe(d), indent=2, allow_nan=False) + '\n')
 
+# %% ../nbs/05_train.ipynb #9d79f4fc
 def _settings_diff(saved:dict, now:dict) -> dict:
     "Settings that differ between a checkpoint's config and the current one (those a resume may not change)."
     return {k: (saved.get(k), v) for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v}
 
+# %% ../nbs/05_train.ipynb #0a22f1d2
 def move_aside(folder:str|Path, # a run folder
               ) -> Path:
     "Rename a run folder to `<name>.prev-<time>` (never deleting it) and return the new path."
@@ -515,6 +537,7 @@ def move_aside(folder:str|Path, # a run folder
 
 _RUN_MARKERS = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json', 'dvclive')  # what `fit` writes into a run folder
 
+# %% ../nbs/05_train.ipynb #3969904b
 def resume_decision(cfg:TrainConfig, # the run's settings
                     resume:bool|str='auto', # 'auto', 'yes' (True) or 'no' (False)
                    ) -> tuple[bool, str]:
@@ -537,6 +560,7 @@ def resume_decision(cfg:TrainConfig, # the run's settings
     else: why = 'a new run was asked for' if r == 'no' else 'it holds no checkpoint'
     return False, f"{out} was moved aside to {{dest}} because {why}; starting a new run"
 
+# %% ../nbs/05_train.ipynb #e69692dc
 def trim_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
               step:int, # the step of the checkpoint a run resumes from
              ) -> int:
@@ -553,12 +577,14 @@ def trim_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
             with atomic_path(f) as t: t.write_text(''.join(keep))
     return gone
 
+# %% ../nbs/05_train.ipynb #22f79be3
 def stale_temporaries(folder:str|Path, # a run folder
                      ) -> list[Path]:
     "Temporary files of this run's own outputs left by a process killed while writing (`atomic_path` names them `.<name>.*.tmp<suffix>`)."
     own = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json')
     return sorted(f for n in own for f in Path(folder).glob(f'.{n}.*.tmp{Path(n).suffix}') if f.is_file())
 
+# %% ../nbs/05_train.ipynb #cb107bf5
 @patch
 def fit(self:Trainer, resume:bool|str=False) -> dict:
     "Train to cfg.steps (or cfg.stop_at) and return the final metrics; `resume`: see `resume_decision`."
@@ -671,6 +697,7 @@ def level_order(weights:str|Path, # checkpoint in the official layout (e.g. runs
                          'srcc_pooled': v['val_srcc_pooled'], 'samples': v['val_samples']})
     return pd.DataFrame(rows)
 
+# %% ../nbs/05_train.ipynb #5d37da33
 def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/demo/qualiclip.pth)
                     images:list[str], # pristine image files, folders or globs
                     crop:int=96, # crop size
@@ -709,18 +736,13 @@ def train_cmd(params:str|None=None, # a profile (params.yaml): its training reci
 train_cmd.__config__ = TrainConfig  # the CLI adds one option per field
 
 # %% ../nbs/05_train.ipynb #8d828818
-def _sync(dev):
-    if dev.type == 'cuda': torch.cuda.synchronize(dev)
-
 def _timed(tr:Trainer, batches, n:int, warmup:int) -> float:
     "Crops per second of `n` steps after `warmup` steps."
     c = tr.cfg
     for _ in range(warmup): tr.step(next(batches))
-    _sync(tr.device); t0 = time.perf_counter()
-    for _ in range(n): tr.step(next(batches))
-    _sync(tr.device)
-    return n * c.batch_size * 2 * c.levels * tr.world / (time.perf_counter() - t0)
+    return timed(lambda: [tr.step(next(batches)) for _ in range(n)], n * c.batch_size * 2 * c.levels * tr.world, None, tr.device)
 
+# %% ../nbs/05_train.ipynb #20f4be0a
 def bench_train(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-tiny'
                 pretrained:str|None=None, # weights (None: random init, the speed is the same)
                 crop:int=224, # crop size
@@ -754,6 +776,7 @@ def bench_train(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-
          'pass_minutes': round(pristine_total / ips / 60, 2), 'pass_images': pristine_total}
     return r
 
+# %% ../nbs/05_train.ipynb #4b95d32d
 def bench_train_cmd(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-tiny'
                     pretrained:str|None=None, # weights (none: random init)
                     crop:int=224, # crop size
@@ -784,6 +807,7 @@ def read_curves(run:str|Path, # run folder (holds dvclive/)
     if not root.exists(): raise FileNotFoundError(f"No dvclive curves in {root}: is {run} a training run folder?")
     return {str(p.relative_to(root).with_suffix('')): pd.read_csv(p, sep='\t') for p in sorted(root.rglob('*.tsv'))}
 
+# %% ../nbs/05_train.ipynb #6f63fb93
 def plot_run(run:str|Path, # run folder (holds dvclive/)
              path:str|Path|None=None, # write the figure here (PNG), atomically; None: only return it
              title:str|None=None, # figure title
@@ -810,6 +834,7 @@ def plot_run(run:str|Path, # run folder (holds dvclive/)
         with atomic_path(path) as t: fig.savefig(t, dpi=110, format='png')
     return fig
 
+# %% ../nbs/05_train.ipynb #47eba44c
 def plot_run_cmd(run:str, # run folder (holds dvclive/), e.g. runs/demo
                  out:str='training_curve.png', # PNG to write
                  title:str|None=None, # figure title (default: the run folder and its best validation SRCC)
