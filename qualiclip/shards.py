@@ -18,8 +18,8 @@ from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, load_pil, re
 # %% auto #0
 __all__ = ['SHARD_RE', 'LIST_EXTS', 'IMAGE_KEYS', 'META_KEY', 'shard_identity', 'read_file_list', 'plan_parts', 'rank_and_world',
            'my_parts', 'rank_device', 'decode_image', 'shard_members', 'PartStream', 'part_path', 'read_part_meta',
-           'part_complete', 'job_settings', 'weights_id', 'write_part', 'score_parts', 'score_to_parts', 'merge_parts',
-           'merge_cmd', 'write_shards', 'bench_shards', 'load_row_image']
+           'part_complete', 'job_settings', 'weights_id', 'write_part', 'score_parts', 'score_to_parts', 'write_plan',
+           'merge_parts', 'merge_cmd', 'write_shards', 'bench_shards', 'load_row_image']
 
 # %% ../nbs/15_shards.ipynb #af38898b
 SHARD_RE = re.compile(r'\.(tar|tgz|tar\.gz)(\?.*)?$', re.I)
@@ -214,8 +214,8 @@ def read_part_meta(path:str|Path, # a part file
 _SETTINGS = ('model', 'weights', 'embeddings', 'resize_short', 'prompts')
 
 def part_complete(out:str|Path, # the output folder
-                  part:dict, # a part from `plan_parts` (with `index`)
-                  job:dict, # the job's settings (`job_settings`) and `n_parts`
+                  part:dict, # a part from `plan_parts`
+                  job:dict, # the job's settings (`job_settings`)
                  ) -> bool:
     "Whether a part on disk is complete and made from this input in this job; another model's part is an error."
     p = part_path(out, part); m = read_part_meta(p) if p.exists() else None
@@ -223,8 +223,7 @@ def part_complete(out:str|Path, # the output folder
     clash = [f"{k} {m.get(k)!r} (now {job.get(k)!r})" for k in _SETTINGS if m.get(k) != job.get(k)]
     if clash: raise ValueError(f"{p} was scored with other settings: {'; '.join(clash)}; write to another --out folder, "
                                "or delete its parts to score them again.")
-    return (m.get('identity'), m.get('index'), m.get('n_parts'), m.get('num_rows')) == \
-           (part['identity'], part['index'], job['n_parts'], m.get('rows'))
+    return (m.get('identity'), m.get('num_rows')) == (part['identity'], m.get('rows'))
 
 # %% ../nbs/15_shards.ipynb #183e9a0f
 def job_settings(scorer, # the scorer
@@ -254,7 +253,7 @@ def weights_id(*files, # weights/prompt/parameter files or tags ('openai'); None
 # %% ../nbs/15_shards.ipynb #7f811ddd
 def _part_table(rows:list[dict], # the part's rows (id, width, height, error, score, probs, emb)
                 part:dict, # the part
-                job:dict, # `job_settings` plus n_parts
+                job:dict, # `job_settings`
                 pairs:int, # number of prompt pairs (probability columns)
                ):
     "The part as an Arrow table with its record in the metadata."
@@ -275,7 +274,7 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
                if rows else np.zeros(0, np.float16)
         cols['embedding'] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim,
                                                              mask=pa.array([r['emb'] is None for r in rows], pa.bool_()))
-    meta = {**job, 'name': part['name'], 'index': part['index'], 'input': part['input'], 'identity': part['identity'],
+    meta = {**job, 'name': part['name'], 'input': part['input'], 'identity': part['identity'],
             'rows': len(rows), 'pairs': pairs}
     return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta)})
 
@@ -306,7 +305,7 @@ def _clear_temps(out:Path, part:dict) -> None:
 def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 scorer, # a scorer (`qualiclip.scoring.get_scorer`)
                 out:str|Path, # output folder
-                job:dict, # `job_settings` plus 'n_parts' (all processes' parts)
+                job:dict, # `job_settings`
                 batch_size:int=16, # most images per forward pass
                 batch_pixels:int|None=2**24, # most pixels per forward pass (None: no budget)
                 max_pixels:int|None=40_000_000, # at native resolution, larger images get an error row (None: no limit)
@@ -391,7 +390,8 @@ def score_to_parts(paths:list[str], # shards, file lists, image files, folders o
     r, w = rank_and_world(rank, world_size)
     parts = plan_parts(paths, files_per_part, recursive)
     if not parts: raise ValueError(f"Nothing to score in {' '.join(map(str, paths))}: no shards, files or folders found.")
-    job = {**job_settings(scorer, weights, embeddings, kw.get('resize_short')), 'n_parts': len(parts), 'written_by': [r, w]}
+    job = {**job_settings(scorer, weights, embeddings, kw.get('resize_short')), 'written_by': [r, w]}
+    write_plan(out, parts, job)
     mine = my_parts(parts, r, w)
     t0 = time.perf_counter()
     try: st = score_parts(mine, scorer, out, job, **kw)
@@ -407,39 +407,50 @@ def score_to_parts(paths:list[str], # shards, file lists, image files, folders o
     return 1 if st['unfinished'] else 0
 
 # %% ../nbs/15_shards.ipynb #bbb34032
-def merge_parts(out:str|Path, # the folder of part-*.parquet files
+def write_plan(out:str|Path, # the output folder
+               parts:list[dict], # all processes' parts (`plan_parts`)
+               job:dict, # the job's settings (`job_settings`)
+              ) -> Path:
+    "Write the job's plan, `plan.json` (the parts in order, their input identity, the settings), atomically."
+    plan = {**{k: job.get(k) for k in (*_SETTINGS, 'higher_better')},
+            'parts': [{'name': p['name'], 'input': p['input'], 'identity': p['identity']} for p in parts]}
+    with atomic_path(Path(out) / 'plan.json') as t: t.write_text(json.dumps(plan, indent=0))
+    return Path(out) / 'plan.json'
+
+# %% ../nbs/15_shards.ipynb #b2e40bf5
+def merge_parts(out:str|Path, # the folder of a job's plan.json and part-*.parquet files
                 table:str|Path|None=None, # merged Parquet file (None: OUT/scores.parquet)
                 manifest:bool=True, # also write OUT/manifest.json
                ) -> dict:
-    "Join a job's parts, in part order, into one Parquet table; the manifest as a dict."
+    "Join a job's parts, in the order of its plan, into one Parquet table; the manifest as a dict."
     import pyarrow.parquet as pq
     out = Path(out); table = Path(table) if table else out / 'scores.parquet'
-    files = sorted(out.glob('part-*.parquet'))
-    if not files: raise FileNotFoundError(f"{out}: no part-*.parquet files; run qualiclip score INPUTS --out {out}/ first.")
-    metas = [(f, read_part_meta(f)) for f in files]
-    bad = [str(f) for f, m in metas if m is None]
-    if bad: raise ValueError(f"{bad[0]} is not a readable part ({len(bad)} such); delete it and run qualiclip score again.")
-    jobs = {json.dumps({k: m.get(k) for k in (*_SETTINGS, 'n_parts')}, sort_keys=True) for _, m in metas}
-    if len(jobs) > 1: raise ValueError(f"{out} holds parts of {len(jobs)} different jobs (settings or inputs differ); "
-                                       "delete the stale parts or score again into an empty folder.")
-    n = metas[0][1]['n_parts']; by = {}
-    for f, m in metas: by.setdefault(m['index'], []).append(f)
-    dup = [v for v in by.values() if len(v) > 1]
-    if dup: raise ValueError(f"{dup[0][0]} and {dup[0][1]} are the same part under two names; delete the older one.")
-    missing = sorted(set(range(n)) - set(by))
-    if missing: raise ValueError(f"{out}: {len(missing)} of {n} parts are missing (indexes {missing[:10]}{'...' if len(missing) > 10 else ''}); "
-                                 "run the same qualiclip score command again (it scores only those), then merge.")
-    job = {k: metas[0][1].get(k) for k in (*_SETTINGS, 'higher_better', 'n_parts')}
-    man = {'table': str(table), 'rows': 0, 'failed': 0, **job, 'parts': []}
+    if not (out / 'plan.json').is_file():
+        raise FileNotFoundError(f"{out}: no plan.json; run qualiclip score INPUTS --out {out}/ first (it writes the plan, then the parts).")
+    plan = json.loads((out / 'plan.json').read_text()); todo = plan['parts']
+    missing, stale = [], []
+    for p in todo:
+        f = part_path(out, p); m = read_part_meta(f) if f.exists() else None
+        if m is None: missing.append(p['name'])
+        elif any(m.get(k) != plan.get(k) for k in _SETTINGS) or m.get('identity') != p['identity'] or m['num_rows'] != m.get('rows'):
+            stale.append(p['name'])
+    if missing or stale:
+        def few(ns): return ', '.join(ns[:5]) + (f' (+{len(ns) - 5} more)' if len(ns) > 5 else '')
+        raise ValueError(f"{out}: of {len(todo)} parts, {len(missing)} missing ({few(missing)}) and {len(stale)} made from other inputs or "
+                         f"settings ({few(stale)}); run the same qualiclip score command again (it scores only those), then merge.")
+    planned = {part_path(out, p).name for p in todo}
+    settings = {k: plan.get(k) for k in (*_SETTINGS, 'higher_better')}
+    man = {'table': str(table), 'rows': 0, 'failed': 0, **settings, 'parts': [],
+           'ignored': sorted(f.name for f in out.glob('part-*.parquet') if f.name not in planned)}
     writer = None
     with atomic_path(table) as t:
         try:
-            for i in range(n):
-                f = by[i][0]; m = read_part_meta(f); pt = pq.read_table(f).replace_schema_metadata(None)
-                if writer is None: writer = pq.ParquetWriter(t, pt.schema.with_metadata({META_KEY: json.dumps(job)}))
+            for p in todo:
+                pt = pq.read_table(part_path(out, p)).replace_schema_metadata(None)
+                if writer is None: writer = pq.ParquetWriter(t, pt.schema.with_metadata({META_KEY: json.dumps(settings)}))
                 writer.write_table(pt)
                 nf = sum(map(bool, pt.column('error').to_pylist()))
-                man['parts'].append({'index': i, 'name': m['name'], 'input': m['input'], 'rows': pt.num_rows, 'failed': nf})
+                man['parts'].append({'name': p['name'], 'input': p['input'], 'rows': pt.num_rows, 'failed': nf})
                 man['rows'] += pt.num_rows; man['failed'] += nf
         finally:
             if writer is not None: writer.close()
@@ -447,7 +458,7 @@ def merge_parts(out:str|Path, # the folder of part-*.parquet files
         with atomic_path(out / 'manifest.json') as t: t.write_text(json.dumps(man, indent=1))
     return man
 
-# %% ../nbs/15_shards.ipynb #b2e40bf5
+# %% ../nbs/15_shards.ipynb #1be2dad5
 def merge_cmd(out:str, # folder the parts were written to (qualiclip score ... --out OUT/)
               table:str|None=None, # merged Parquet file (default: OUT/scores.parquet)
               manifest:bool=True, # also write OUT/manifest.json (parts, rows, failures, model, weights)
@@ -457,7 +468,7 @@ def merge_cmd(out:str, # folder the parts were written to (qualiclip score ... -
     print(f"{len(man['parts'])} parts, {man['rows']} rows ({man['failed']} failed), {man['model']} {man['weights']} -> {man['table']}")
     return 0
 
-# %% ../nbs/15_shards.ipynb #263e9906
+# %% ../nbs/15_shards.ipynb #44730fbb
 def write_shards(files:list, # image files
                  out_dir:str|Path, # folder for the shards
                  per_shard:int=16, # images per shard
@@ -472,7 +483,7 @@ def write_shards(files:list, # image files
         res.append(p)
     return res
 
-# %% ../nbs/15_shards.ipynb #5efec458
+# %% ../nbs/15_shards.ipynb #5d478a67
 def bench_shards(n:int=64, # number of synthetic JPEGs
                  width:int=512, # their width
                  height:int=384, # their height
@@ -499,7 +510,7 @@ def bench_shards(n:int=64, # number of synthetic JPEGs
         for prec in precisions:
             set_precision(model, prec)
             model.score_batch(torch.zeros(min(batch_size, n), 3, height, width, dtype=torch.uint8))   # warm-up
-            parts = plan_parts([str(p) for p in shard_files]); job = {**job_settings(model, 'random'), 'n_parts': len(parts)}
+            parts = plan_parts([str(p) for p in shard_files]); job = job_settings(model, 'random')
             t0 = time.perf_counter()
             score_parts(parts, model, d/f'parts-{prec}', job, batch_size=batch_size, workers=workers, progress=False)
             t_sh = time.perf_counter() - t0
@@ -514,7 +525,7 @@ def bench_shards(n:int=64, # number of synthetic JPEGs
     print(json.dumps(res))
     return res
 
-# %% ../nbs/15_shards.ipynb #49aa9f5c
+# %% ../nbs/15_shards.ipynb #02b88d32
 def load_row_image(row, # a row of a scores table (id, shard)
                   ):
     "The image of a row: the file `id`, or the member `id` of its `shard` (read through the shard from the start)."

@@ -27,7 +27,7 @@ def job(tmp_path_factory):
     for s in range(N_SHARDS):
         with tarfile.open(d / f'{s:05d}.tar', 'w') as t:
             for j in range(PER_SHARD):
-                b = io.BytesIO(); Image.fromarray(demo_photo(names[(s + j) % 6])[8 * j:8 * j + 80, 10 * s:10 * s + 96 + 16 * (j % 2)]).save(b, 'JPEG')
+                b = io.BytesIO(); Image.fromarray(demo_photo(names[(s + j) % 6])[8 * j:8 * j + 160, 10 * s:10 * s + 192 + 16 * (j % 2)]).save(b, 'JPEG')
                 for name, data in [(f'{s}_{j}.jpg', b.getvalue()), (f'{s}_{j}.txt', b'a caption')]:
                     ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
             if s == 2:
@@ -72,9 +72,10 @@ def test_sigkill_at_random_moments_then_resume(job):
         if k == 0: time.sleep(rng.uniform(0.1, 0.6) * job['seconds'])     # anywhere early: start-up, reading, first batches
         else:                                                             # at a random moment after a part lands: mid-job
             t0 = time.time()
-            while parts() == before and p.poll() is None and time.time() - t0 < 120: time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.4))
+            while parts() == before and p.poll() is None and time.time() - t0 < 120: time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.05))
         p.send_signal(signal.SIGKILL); p.wait(); kills.append(parts())
+    print('parts on disk after each SIGKILL:', kills)
     assert any(0 < n < N_SHARDS for n in kills), kills      # at least one kill left a job half done
     r = subprocess.run([*job['cmd'], '--out', f'{out}/'], env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
