@@ -312,16 +312,16 @@ def area_counts(v:torch.Tensor, # (B,) counts per `COUNT_AREA` pixels
                 most:int, # the largest count allowed per `COUNT_AREA`
                 name:str, # the type, for the error message
                ) -> tuple:
-    "Counts scaled to an image's area (same density at any size) and the largest scaled count: ((B,) long, int)."
+    "Counts scaled to an image's area (same density at any size, fractional: (B,) float64) and the most a row can need (int)."
     if float(v.max()) > most: raise ValueError(f"{name}: {float(v.max())} per {COUNT_AREA} pixels asked, at most {most}.")
     a = h * w / COUNT_AREA
-    return (v.double() * a).round().long(), max(1, round(most * a))
+    return v.double().cpu() * a, max(1, math.ceil(most * a))
 
 # %% ../nbs/01_distortions.ipynb #9cdccb93
 def noneccpatch(x, v, draws, patch:int=16, radius:int=16, max_patches:int=100):
     "Non-eccentricity patches: v times per 224x224 pixels, copy a patch to a random position at most `radius` pixels away."
     B, C, H, W = x.shape; P, HW = min(patch, H, W), H*W
-    v, K = area_counts(v, H, W, max_patches, 'noneccpatch')
+    n, K = area_counts(v, H, W, max_patches, 'noneccpatch'); v = n.round()
     r = draws.rand(K, 4, device=x.device)
     sy = (r[..., 0] * (H - P + 1)).long(); sx = (r[..., 1] * (W - P + 1)).long()
     ty = (sy + (r[..., 2] * (2*radius + 1)).long() - radius).clamp(0, H - P)
@@ -369,15 +369,18 @@ def quantization(x, v, draws, max_classes:int=20):
 
 # %% ../nbs/01_distortions.ipynb #8627e6d7
 def colorblock(x, v, draws, block:int=32, max_blocks:int=10):
-    "Colour blocks: paste v random-colour square blocks per 224x224 pixels at random positions."
+    "Colour blocks: paste v random-colour square blocks per 224x224 pixels at random positions (a fraction: one smaller block)."
     B, C, H, W = x.shape; P = min(block, H, W)
-    v, K = area_counts(v, H, W, max_blocks, 'colorblock')
+    n, K = area_counts(v, H, W, max_blocks, 'colorblock')
+    k = torch.arange(K, dtype=torch.float64)[None]
+    side = torch.where(k < n.floor()[:, None], float(P),                         # whole blocks, then one of area frac * P^2
+                       torch.where(k < n[:, None], (P * (n - n.floor()).sqrt()).round()[:, None], 0.)).long().to(x.device)
     r = draws.rand(K, 5, device=x.device)
     y0 = (r[..., 0] * (H - P + 1)).long(); x0 = (r[..., 1] * (W - P + 1)).long(); col = r[..., 2:]   # (B,K), (B,K,3)
     yy = torch.arange(H, device=x.device); xx = torch.arange(W, device=x.device)
-    iny = (yy[None, None] >= y0[..., None]) & (yy[None, None] < y0[..., None] + P)       # (B,K,H)
-    inx = (xx[None, None] >= x0[..., None]) & (xx[None, None] < x0[..., None] + P)       # (B,K,W)
-    active = torch.arange(K, device=x.device)[None] < v.to(x.device)[:, None]
+    iny = (yy[None, None] >= y0[..., None]) & (yy[None, None] < (y0 + side)[..., None])      # (B,K,H)
+    inx = (xx[None, None] >= x0[..., None]) & (xx[None, None] < (x0 + side)[..., None])      # (B,K,W)
+    active = side > 0
     last = torch.zeros(B, H, W, dtype=torch.long, device=x.device)            # 1 + index of the last block covering a pixel
     for k in range(K):
         m = iny[:, k, :, None] & inx[:, k, None, :] & active[:, k, None, None]
