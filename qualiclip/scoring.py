@@ -231,7 +231,8 @@ def score_files(paths, # image files, folders or glob patterns
             except KeyboardInterrupt: pass
             for r in rows:
                 if not r['error'] and not math.isfinite(r['score']): r['error'] = 'not scored: interrupted'
-    df = pd.DataFrame(rows, columns=['path', 'score', 'width', 'height', 'error'])
+    df = pd.DataFrame(rows, columns=['path', 'score', 'width', 'height', 'error'], dtype=object)   # object: a path that is not
+    df['score'] = df.score.astype(float)                  # UTF-8 keeps its surrogates (pandas' Arrow strings refuse them)
     df.attrs['interrupted'] = interrupted
     df['width'], df['height'] = df.width.astype('Int64'), df.height.astype('Int64')
     df['model'] = getattr(scorer, 'name', type(scorer).__name__)
