@@ -122,10 +122,10 @@ def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a 
     if len(comps) != B: raise ValueError(f"{len(comps)} compositions for {B} images.")
     box = crop_boxes([im.shape[1:] for im in ims], S, m, generator).tolist()
     pristine = torch.stack([torch.stack([im[:, y:y+S, x:x+S] for y, x in bx]) for im, bx in zip(ims, box)])  # (B,2,3,S,S)
-    x = pristine[:, None].expand(B, L, 2, 3, S, S).reshape(B * L * 2, 3, S, S)                               # rows (b, l, crop)
+    x = pristine[:, None].repeat(1, L, 1, 1, 1, 1).view(B * L * 2, 3, S, S)                                 # rows (b, l, crop), a copy
     lv = level_positions(L).repeat_interleave(2).repeat(B)
     draw = torch.arange(B).repeat_interleave(2 * L)                      # one draw group per image: both crops, every level
-    y = apply_compositions(x, [c for c in comps for _ in range(2 * L)], lv, generator, draw, timings)
+    y = apply_compositions(x, [c for c in comps for _ in range(2 * L)], lv, generator, draw, timings, inplace=True)
     pairs = y.view(B, L, 2, 3, S, S)
     return (pairs, comps, pristine.contiguous()) if return_pristine else (pairs, comps)
 
