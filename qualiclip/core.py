@@ -13,10 +13,10 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'load_params', 'seed_everything', 'get_device',
-           'make_generator', 'sync_device', 'timed', 'atomic_path', 'ImageReadError', 'load_pil', 'pil_to_tensor',
-           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
-           'write_demo_photos', 'demo_images', 'demo_folder']
+__all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve', 'load_params', 'seed_everything',
+           'get_device', 'make_generator', 'sync_device', 'timed', 'atomic_path', 'ImageReadError', 'load_pil',
+           'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
+           'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -30,6 +30,13 @@ def repo_root(start:str|Path|None=None, # folder to search upwards from (default
             if (p/'settings.ini').exists() and (p/'qualiclip').is_dir(): return p
     raise FileNotFoundError(f"No repository root (a folder with settings.ini and qualiclip/) above {starts[0]}; "
                             "run from inside the repository or set QUALICLIP_ROOT.")
+
+# %% ../nbs/00_core.ipynb #5ae42689
+def resolve(p:str|Path, # a path from a params file: relative to the repository root unless absolute
+           ) -> Path:
+    "A params path as an absolute path (relative ones are taken from the repository root)."
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else repo_root()/p
 
 # %% ../nbs/00_core.ipynb #bcaca6ce
 def load_params(path:str|Path='params.yaml', # YAML file; a relative path is read from the current folder

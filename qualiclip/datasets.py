@@ -21,7 +21,7 @@ from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, s
 __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
            'DownloadError', 'ChecksumError', 'ArchiveError', 'find_file', 'DatasetSpec', 'register', 'get_spec',
            'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download', 'miniature',
-           'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd']
+           'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
 
 # %% ../nbs/06_datasets.ipynb #3ff17ad6
 class DatasetError(ValueError):
@@ -1062,3 +1062,34 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
               f"finish unpacking the archives.\nExpected layout:\n{spec.layout}", file=sys.stderr)
         return 1
     return 0
+
+# %% ../nbs/06_datasets.ipynb #c0a1e006
+def write_index(name:str, # a key of `qualiclip.datasets.DATASETS`
+                root:str|Path, # the dataset's folder (owners' layout)
+                out:str|Path, # the index file to write (CSV)
+               ) -> pd.DataFrame:
+    "Verify a dataset and write its index: one row per image (path relative to the index, score, splits, size and mtime)."
+    root, out = Path(root), Path(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore'); df = load_dataset(name, root, missing='keep')
+    st = [os.stat(p) if os.path.isfile(p) else None for p in df.path]
+    df['bytes'] = [s.st_size if s else np.nan for s in st]
+    df['mtime_ns'] = [s.st_mtime_ns if s else np.nan for s in st]   # any rewrite of an image changes the index
+    base = out.resolve().parent
+    df['path'] = [os.path.relpath(p, base) for p in df.path]
+    df.insert(0, 'dataset', name)
+    with atomic_path(out) as t: df.to_csv(t, index=False)
+    return df
+
+# %% ../nbs/06_datasets.ipynb #19c4644b
+def read_index(path:str|Path, # an index written by `write_index`
+              ) -> pd.DataFrame:
+    "A dataset index as the `load_dataset` table (absolute paths; the fingerprint columns dropped)."
+    path = Path(path)
+    if not path.is_file(): raise DatasetError(f"{path}: no such index; `dvc repro` writes it (stage index@<dataset>).")
+    df = pd.read_csv(path, dtype={'split': object, 'image': str, 'path': str})
+    if not {'path', 'image', 'mos'} <= set(df.columns): raise DatasetError(f"{path}: not a dataset index (columns {list(df.columns)[:5]}).")
+    base = path.resolve().parent
+    df['path'] = [str((base/p).resolve()) if not os.path.isabs(p) else p for p in df.path]
+    df['mos'] = _numbers(df.mos, 'mos', df.image, 'index', path)
+    return df.drop(columns=[c for c in ('dataset', 'bytes', 'mtime_ns') if c in df])

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .core import (atomic_path, get_device, list_images, load_pil, resize_short_side, demo_photo,
                             write_demo_photos, ImageReadError)
-from .datasets import DatasetError, get_spec, load_dataset, make_splits
+from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index
 from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
 from .niqe import niqe_scorer
@@ -45,7 +45,6 @@ def _slug(s) -> str:
 def _load_table(dataset:str, root, missing:str) -> pd.DataFrame:
     "The dataset table (from its folder, or from an index CSV) with a `_missing` flag; absent images are kept (flagged) when `missing='record'`."
     if str(root).lower().endswith('.csv'):
-        from qualiclip.pipeline import read_index
         df = read_index(root); df['_missing'] = [not os.path.isfile(p) for p in df.path]
         if missing == 'error' and df._missing.any():
             raise DatasetError(f"{dataset}: {int(df._missing.sum())} image(s) of the index {root} are missing, e.g. {df.image[df._missing].tolist()[:3]}.")
@@ -351,7 +350,6 @@ def policy_resize(paths:list, # image files
                   index_dir:str|Path='data/index', # folder of dataset indexes (`qualiclip index`)
                  ) -> list:
     "Each image's `resize_short` from the dataset index listing it (None where none does: native size), for figures that load images themselves."
-    from qualiclip.pipeline import read_index
     known = {}
     for f in sorted(Path(index_dir).glob('*.csv')):
         try: t = read_index(f)

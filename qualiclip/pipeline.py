@@ -11,51 +11,20 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .datasets import DISK_SPACE
-from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, seed_everything, write_demo_photos
+from .datasets import DISK_SPACE, read_index, write_index   # the index files: `qualiclip.datasets`
+from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, resolve, seed_everything, write_demo_photos
+from .train import train_config   # a profile's training settings: `qualiclip.train`
 
 # %% auto #0
-__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'resolve', 'train_config', 'Input', 'profile_inputs', 'check_cmd',
-           'pool_archive_members', 'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive',
-           'standin_niqe_params', 'standin_cmd', 'write_index', 'read_index', 'index_cmd', 'index_pool',
-           'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models',
-           'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
-
-# %% ../nbs/13_pipeline.ipynb #c0a1e002
-def resolve(p:str|Path, # a path from a params file: relative to the repository root unless absolute
-           ) -> Path:
-    "A params path as an absolute path (relative ones are taken from the repository root)."
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else repo_root()/p
+__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'Input', 'profile_inputs', 'check_cmd', 'pool_archive_members', 'unpack_pool',
+           'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params', 'standin_cmd',
+           'index_cmd', 'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd',
+           'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #07db67fe
 def _params(params:str|dict) -> dict:
     "A params dict from a file name or a dict."
     return params if isinstance(params, dict) else load_params(params)
-
-def train_config(params:str|dict='params.yaml', # params file or dict (the profile)
-                 ablation:str|None=None, # apply `ablations.<name>` and write to `<ablations_dir>/<name>`
-                 **overrides, # TrainConfig fields that win over the profile
-                ):
-    "The profile's `TrainConfig`: `train:` plus the values it shares with the rest of the profile (one source each)."
-    from qualiclip.train import TrainConfig
-    p = _params(params); t = p.get('train')
-    if not isinstance(t, dict): raise ValueError(f"The params have no `train:` mapping (got {type(t).__name__}); see params.yaml.")
-    model = p.get('model') or {}
-    shared = {'backbone': model.get('backbone'), 'device': p.get('device'), 'seed': p.get('seed'),
-              'pretrained': f"{model['init_dir']}/clip.pt" if model.get('init_dir') else None}
-    source = {'backbone': 'model.backbone', 'device': 'device', 'seed': 'seed', 'pretrained': 'model.init_dir'}
-    dup = sorted(k for k in shared if k in t and shared[k] is not None)
-    if dup: raise ValueError(f"train.{dup[0]} is set in two places: it comes from {source[dup[0]]}; remove it from the train: section.")
-    cfg = {**{k: v for k, v in shared.items() if v is not None}, **t}
-    if ablation is not None:
-        abl = p.get('ablations') or {}
-        if ablation not in abl: raise ValueError(f"No ablations.{ablation} in the params; known: {sorted(abl)}.")
-        cfg.update(abl[ablation] or {}); cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
-    cfg.update(overrides)
-    for k in ('pristine', 'val_pristine', 'pretrained', 'out'):
-        if isinstance(cfg.get(k), str) and cfg[k].lower() not in ('none', 'null', '', 'openai'): cfg[k] = str(resolve(cfg[k]))
-    return TrainConfig.from_params(cfg)
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e003
 NIQE_RELEASE = 'https://live.ece.utexas.edu/research/quality/niqe_release.zip'
@@ -282,41 +251,6 @@ def standin_cmd(params:str='params.yaml', # the profile
     for w in wrote: print(f"standin: wrote {w}")
     print(f"standin: {len(wrote)} stand-in(s) written" + ("" if wrote else "; every input was already there"))
     return 0
-
-# %% ../nbs/13_pipeline.ipynb #c0a1e006
-def write_index(name:str, # a key of `qualiclip.datasets.DATASETS`
-                root:str|Path, # the dataset's folder (owners' layout)
-                out:str|Path, # the index file to write (CSV)
-               ) -> pd.DataFrame:
-    "Verify a dataset and write its index: one row per image (path relative to the index, score, splits, size and mtime)."
-    from qualiclip.datasets import load_dataset
-    import warnings
-    root, out = Path(root), Path(out)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore'); df = load_dataset(name, root, missing='keep')
-    st = [os.stat(p) if os.path.isfile(p) else None for p in df.path]
-    df['bytes'] = [s.st_size if s else np.nan for s in st]
-    df['mtime_ns'] = [s.st_mtime_ns if s else np.nan for s in st]   # any rewrite of an image changes the index
-    base = out.resolve().parent
-    df['path'] = [os.path.relpath(p, base) for p in df.path]
-    df.insert(0, 'dataset', name)
-    with atomic_path(out) as t: df.to_csv(t, index=False)
-    return df
-
-# %% ../nbs/13_pipeline.ipynb #19c4644b
-def read_index(path:str|Path, # an index written by `write_index`
-              ) -> pd.DataFrame:
-    "A dataset index as the `load_dataset` table (absolute paths; the fingerprint columns dropped)."
-    from qualiclip.datasets import DatasetError
-    path = Path(path)
-    if not path.is_file(): raise DatasetError(f"{path}: no such index; `dvc repro` writes it (stage index@<dataset>).")
-    df = pd.read_csv(path, dtype={'split': object, 'image': str, 'path': str})
-    if not {'path', 'image', 'mos'} <= set(df.columns): raise DatasetError(f"{path}: not a dataset index (columns {list(df.columns)[:5]}).")
-    base = path.resolve().parent
-    df['path'] = [str((base/p).resolve()) if not os.path.isabs(p) else p for p in df.path]
-    from qualiclip.datasets import _numbers
-    df['mos'] = _numbers(df.mos, 'mos', df.image, 'index', path)
-    return df.drop(columns=[c for c in ('dataset', 'bytes', 'mtime_ns') if c in df])
 
 # %% ../nbs/13_pipeline.ipynb #ce8fbb35
 def index_cmd(dataset:str, # dataset name, e.g. koniq10k

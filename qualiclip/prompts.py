@@ -275,7 +275,7 @@ def read_table(dataset:str, # a key of `qualiclip.datasets.DATASETS`
               ) -> pd.DataFrame:
     "The dataset's table (one row per image, absolute paths), optionally restricted to a subset."
     if str(root).lower().endswith('.csv'):
-        from qualiclip.pipeline import read_index
+        from qualiclip.datasets import read_index
         df = read_index(root)
     else:
         from qualiclip.datasets import load_dataset

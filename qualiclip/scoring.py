@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SCORERS', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'register_scorer', 'qualiclip_scorer', 'set_precision', 'get_scorer',
-           'clipiqa_scorer', 'batch_capacity', 'score_files', 'score_cmd', 'synthetic_jpegs', 'bench_score_cmd',
+           'clipiqa_scorer', 'score_files', 'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'bench_shards',
            'one_at_a_time', 'bench_cpu_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
@@ -19,7 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .core import ImageReadError, atomic_path, get_device, load_pil, resize_short_side, scan_images, timed
+from .core import ImageReadError, atomic_path, get_device, load_pil, resize_short_side, timed
+from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
 from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
@@ -117,44 +118,11 @@ class _Files(Dataset):
     def __getitem__(self, i):
         p = self.paths[i]
         try:
-            if self.max_pixels and not self.resize_short: _check_pixels(p, self.max_pixels)
+            if self.max_pixels and not self.resize_short: check_pixels(p, self.max_pixels)
             img = load_pil(p); w, h = img.size
             return i, torch.from_numpy(np.array(resize_short_side(img, self.resize_short), dtype=np.uint8)), w, h, ''
         except ImageReadError as e: return i, None, None, None, str(e)
         except Exception as e: return i, None, None, None, f"{p}: cannot read the image ({type(e).__name__}: {e})."
-
-def _check_pixels(p, max_pixels:int) -> None:
-    "Refuse, from the header alone (nothing decoded), an image too large to score at native resolution."
-    try:
-        with Image.open(p) as im: w, h = im.size
-    except Exception: return  # unreadable: the decoder gives the precise message
-    if w * h > max_pixels:
-        raise ImageReadError(f"{p}: {w}x{h} is {w*h/1e6:.0f} MP, above the {max_pixels/1e6:g} MP scored at native resolution "
-                             f"(memory grows with it); pass --resize-short 512 to score it resized, or raise --max-pixels.")
-
-def batch_capacity(height:int, # image height after any resize
-                   width:int, # image width after any resize
-                   batch_size:int=16, # most images per batch
-                   batch_pixels:int|None=2**24, # most pixels per batch (None: no pixel budget)
-                  ) -> int:
-    "Images of one size that share a forward pass: `batch_size`, fewer when their pixels exceed the budget, at least 1."
-    return max(1, min(batch_size, batch_pixels // (height * width))) if batch_pixels else batch_size
-
-def _as_is(item): return item  # collate function (module level: picklable for spawned workers)
-
-def _expand(paths, # files, folders or globs
-            recursive:bool, # descend into sub-folders
-           ) -> list[tuple[str, str]]:
-    "(path, error) rows: one per file named, plus the files of folders/globs not already listed; missing paths get an error."
-    out, seen = [], set()
-    for p in ([paths] if isinstance(paths, (str, Path)) else paths):
-        try: rows = scan_images([p], recursive=recursive)
-        except (FileNotFoundError, ValueError, OSError) as e: out.append((str(p), str(e))); continue
-        named = Path(p).is_file()  # a file named explicitly always gets its row (callers map rows to their inputs)
-        for f, e in rows:
-            k = f.absolute() if e else f.resolve()
-            if named or k not in seen: seen.add(k); out.append((str(f), e))
-    return out
 
 def score_files(paths, # image files, folders or glob patterns
                 scorer, # a scorer (see `get_scorer`)
@@ -172,7 +140,7 @@ def score_files(paths, # image files, folders or glob patterns
     "Score files; one row per file in input order: path, score, width, height, error, model, higher_better (, embedding)."
     if resize_short is not None and int(resize_short) < 1:
         raise ValueError(f"resize_short={resize_short}: give a positive number of pixels, or None for native resolution.")
-    items = _expand(paths, recursive)
+    items = expand_inputs(paths, recursive)
     rows = [{'path': p, 'score': math.nan, 'width': math.nan, 'height': math.nan, 'error': e} for p, e in items]
     todo = [i for i, r in enumerate(rows) if not r['error']]
     if embeddings and not hasattr(scorer, 'score_and_embed'):
@@ -180,7 +148,7 @@ def score_files(paths, # image files, folders or glob patterns
     emb = {}
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short, max_pixels), batch_size=None, shuffle=False,
-                    num_workers=workers, collate_fn=_as_is,
+                    num_workers=workers, collate_fn=as_is,
                     prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                     persistent_workers=False)
     buckets, held, held_px, pending = OrderedDict(), 0, 0, []
@@ -308,8 +276,8 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns; with --o
     df = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=resize_short,
                      batch_pixels=batch_pixels or None, max_pixels=max_pixels or None,
                      recursive=recursive, progress=True, keep_on_interrupt=True)
-    df['path'] = df.path.map(_printable)   # file names that are not UTF-8: their bytes as \\xNN, the CSV stays UTF-8
-    df['error'] = df.error.map(_printable)
+    df['path'] = df.path.map(printable)   # file names that are not UTF-8: their bytes as \\xNN, the CSV stays UTF-8
+    df['error'] = df.error.map(printable)
     with atomic_path(out) as t: df.to_csv(t, index=False, encoding='utf-8', errors='backslashreplace')
     _print_safe(_ranked_table(df))
     nbad = int(df.score.isna().sum())
@@ -318,12 +286,6 @@ def score_cmd(paths:list[str], # image files, folders or glob patterns; with --o
     if df.attrs.get('interrupted'):
         print(f"qualiclip score: interrupted; the rows scored so far are in {out}", file=sys.stderr); return 130
     return 1 if nbad else 0
-
-def _printable(p) -> str:
-    "A file name (or a message holding one) as valid UTF-8 text: undecodable bytes shown as \\xNN escapes."
-    if not isinstance(p, str): return p
-    try: return os.fsencode(p).decode('utf-8', 'backslashreplace')
-    except (UnicodeError, ValueError): return p.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 def _print_safe(text:str, file=None) -> None:
     "Print text whose file names may hold bytes the terminal's encoding cannot show (escaped instead of failing)."
@@ -368,11 +330,10 @@ def bench_score_cmd(n:int=64, # number of synthetic JPEG files
                     device:str='auto', # auto, cpu, cuda, cuda:N
                     backbone:str=DEFAULT_BACKBONE, # open_clip config (random weights)
                     seconds:float|None=None, # repeat each measurement until this many seconds have passed (None: one pass)
-                    shards:bool=False, # instead: shards -> Parquet parts against folder -> CSV on the same images, fp32 and bf16 (`qualiclip.shards.bench_shards`)
+                    shards:bool=False, # instead: shards -> Parquet parts against folder -> CSV on the same images, fp32 and bf16 (`bench_shards`)
                    ) -> int:
     "Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line."
     if shards:
-        from qualiclip.shards import bench_shards
         bench_shards(n, width, height, batch_size, workers, device, backbone); return 0
     dev = get_device(device)
     torch.manual_seed(0)
@@ -397,6 +358,47 @@ def bench_score_cmd(n:int=64, # number of synthetic JPEG files
                       'device': str(dev), 'backbone': backbone, 'n': n, 'width': width, 'height': height,
                       'batch_size': batch_size, 'workers': workers, 'weights': 'random'}))
     return 0
+
+# %% ../nbs/03a_scoring.ipynb #5d478a67
+def bench_shards(n:int=64, # number of synthetic JPEGs
+                 width:int=512, # their width
+                 height:int=384, # their height
+                 batch_size:int=16, # images per forward pass
+                 workers:int=2, # decoding processes (both paths)
+                 device:str='auto', # auto, cpu, cuda, cuda:N
+                 backbone:str|None=None, # open_clip config, random weights (None: RN50-quickgelu)
+                 precisions:list[str]=['fp32', 'bf16'], # image tower precisions to time
+                 per_shard:int=16, # images per shard
+                 repeats:int=2, # passes of each path; the fastest counts (the first pays for cold caches)
+                ) -> dict:
+    "Images/s of shards -> Parquet parts against folder -> CSV on the same images, per precision; printed, JSON last line."
+    from qualiclip.shards import job_settings, plan_parts, score_parts, write_shards
+    backbone = backbone or DEFAULT_BACKBONE; dev = get_device(device)
+    torch.manual_seed(0); model = QualiCLIP(backbone).to(dev).eval(); model.name = 'qualiclip-random-init'
+    res = {'bench': 'score-shards', 'n': n, 'width': width, 'height': height, 'backbone': backbone, 'device': str(dev),
+           'batch_size': batch_size, 'workers': workers, 'per_shard': per_shard, 'repeats': repeats, 'cpus': os.cpu_count(),
+           'torch_threads': torch.get_num_threads(), 'rows': []}
+    print(f"bench score --shards: {n} synthetic {width}x{height} JPEGs ({per_shard} per shard), {backbone} random weights, "
+          f"device {dev}, batch {batch_size}, {workers} workers, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d); files = synthetic_jpegs(d/'imgs', n, width, height); shard_files = write_shards(files, d/'shards', per_shard)
+        for prec in precisions:
+            set_precision(model, prec)
+            model.score_batch(torch.zeros(min(batch_size, n), 3, height, width, dtype=torch.uint8))   # warm-up
+            parts = plan_parts([str(p) for p in shard_files]); job = job_settings(model, 'random'); t_sh = t_csv = math.inf
+            for r in range(repeats):   # the two paths alternate; a fresh output folder each pass
+                t0 = time.perf_counter()
+                score_parts(parts, model, d/f'parts-{prec}-{r}', job, batch_size=batch_size, workers=workers, progress=False)
+                t_sh = min(t_sh, time.perf_counter() - t0); t0 = time.perf_counter()
+                score_files([d/'imgs'], model, batch_size=batch_size, workers=workers, progress=False).to_csv(d/f'{prec}.csv', index=False)
+                t_csv = min(t_csv, time.perf_counter() - t0)
+            a = pd.concat([pd.read_parquet(f) for f in sorted((d/f'parts-{prec}-0').glob('part-*.parquet'))]).score.to_numpy()
+            b = pd.read_csv(d/f'{prec}.csv').score.to_numpy()
+            res['rows'].append({'precision': prec, 'shards_parquet_images_per_s': round(n / t_sh, 3), 'folder_csv_images_per_s': round(n / t_csv, 3),
+                                'parquet_over_csv_time': round(t_sh / t_csv, 3), 'max_abs_score_diff': float(np.abs(a - b).max())})
+    print(pd.DataFrame(res['rows']).to_string(index=False))
+    print(json.dumps(res))
+    return res
 
 # %% ../nbs/03a_scoring.ipynb #4a91b139
 def one_at_a_time(files:list, # image files

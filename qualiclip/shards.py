@@ -14,12 +14,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, load_pil, resize_short_side
+from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
 
 # %% auto #0
 __all__ = ['SHARD_RE', 'LIST_EXTS', 'IMAGE_KEYS', 'META_KEY', 'shard_identity', 'read_file_list', 'plan_parts', 'rank_and_world',
            'my_parts', 'rank_device', 'decode_image', 'shard_members', 'PartStream', 'part_path', 'read_part_meta',
            'part_complete', 'job_settings', 'weights_id', 'write_part', 'score_parts', 'score_to_parts', 'write_plan',
-           'merge_parts', 'merge_cmd', 'write_shards', 'bench_shards', 'load_row_image']
+           'merge_parts', 'merge_cmd', 'write_shards', 'load_row_image']
 
 # %% ../nbs/15_shards.ipynb #af38898b
 SHARD_RE = re.compile(r'\.(tar|tgz|tar\.gz)(\?.*)?$', re.I)
@@ -64,7 +65,6 @@ def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, 
     "The job's parts, in a fixed order: one per shard, then chunks of `files_per_part` image files; each with its name and input identity."
     import glob
     from braceexpand import braceexpand
-    from qualiclip.scoring import _expand
     if files_per_part < 1: raise ValueError(f"--files-per-part {files_per_part}: give a positive number of files.")
     shards, files = [], []
     for s in map(str, inputs):
@@ -76,7 +76,7 @@ def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, 
     stems = [_stem(u) for u in shards]
     names = [f'{s}-{_hash(u)[:8]}' if stems.count(s) > 1 else s for s, u in zip(stems, shards)]
     parts = [{'name': n, 'kind': 'tar', 'input': u, 'identity': _hash(shard_identity(u))} for n, u in zip(names, shards)]
-    rows = _expand(files, recursive) if files else []
+    rows = expand_inputs(files, recursive) if files else []
     for k in range(0, len(rows), files_per_part):
         chunk = rows[k:k + files_per_part]
         ident = [(p, e, shard_identity(p) if not e else '') for p, e in chunk]
@@ -173,8 +173,7 @@ class PartStream(IterableDataset):
         self.parts, self.resize_short, self.max_pixels = parts, resize_short, max_pixels
     def _decode(self, name, data):
         if data is not None: return decode_image(data, name, self.max_pixels)
-        from qualiclip.scoring import _check_pixels
-        if self.max_pixels and not self.resize_short: _check_pixels(name, self.max_pixels)
+        if self.max_pixels and not self.resize_short: check_pixels(name, self.max_pixels)
         return load_pil(name)
     def __iter__(self):
         info = torch.utils.data.get_worker_info(); wid, nw = (info.id, info.num_workers) if info else (0, 1)
@@ -258,14 +257,14 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
                ):
     "The part as an Arrow table with its record in the metadata."
     import pyarrow as pa
-    from qualiclip.scoring import _printable   # file names that are not UTF-8: their bytes as \xNN (Parquet strings are UTF-8)
+    # ids and errors through `printable`: file names that are not UTF-8 keep their bytes as \xNN (Parquet strings are UTF-8)
     nan = float('nan')
-    cols = {'id': pa.array([_printable(r['id']) for r in rows], pa.string()),
+    cols = {'id': pa.array([printable(r['id']) for r in rows], pa.string()),
             'shard': pa.array([part['input'] if part['kind'] == 'tar' else '' for r in rows], pa.string()),
             'score': pa.array([r['score'] for r in rows], pa.float64())}
     for j in range(pairs): cols[f'p{j}'] = pa.array([nan if r['probs'] is None else float(r['probs'][j]) for r in rows], pa.float32())
     cols['width'] = pa.array([r['width'] for r in rows], pa.int32()); cols['height'] = pa.array([r['height'] for r in rows], pa.int32())
-    cols['error'] = pa.array([_printable(r['error']) for r in rows], pa.string())
+    cols['error'] = pa.array([printable(r['error']) for r in rows], pa.string())
     cols['model'] = pa.array([job['model']] * len(rows), pa.string()); cols['weights'] = pa.array([job['weights']] * len(rows), pa.string())
     cols['higher_better'] = pa.array([job['higher_better']] * len(rows), pa.bool_())
     if job['embeddings']:
@@ -315,7 +314,6 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                ) -> dict:
     "Score and write the parts not yet complete in `out`; counts of parts written and skipped, rows, failed rows; remote shards cut off."
     from collections import OrderedDict
-    from qualiclip.scoring import _as_is, batch_capacity
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     emb = job['embeddings']
     if emb and not hasattr(scorer, 'score_and_embed'): raise ValueError(f"--embeddings: {job['model']} has no image embedding; drop the option.")
@@ -327,7 +325,7 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
     rows = {k: [] for k in range(len(todo))}
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
     nw = min(workers, len(todo))
-    dl = DataLoader(PartStream(todo, resize_short, max_pixels), batch_size=None, num_workers=nw, collate_fn=_as_is,
+    dl = DataLoader(PartStream(todo, resize_short, max_pixels), batch_size=None, num_workers=nw, collate_fn=as_is,
                     prefetch_factor=max(2, batch_size // max(nw, 1)) if nw else None)
     buckets, pending = OrderedDict(), []
     held, held_px, cap, cap_px = 0, 0, 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
@@ -481,49 +479,6 @@ def write_shards(files:list, # image files
         with atomic_path(p) as t, tarfile.open(t, 'w') as tar:
             for f in files[s:s + per_shard]: tar.add(str(f), arcname=Path(f).name)
         res.append(p)
-    return res
-
-# %% ../nbs/15_shards.ipynb #5d478a67
-def bench_shards(n:int=64, # number of synthetic JPEGs
-                 width:int=512, # their width
-                 height:int=384, # their height
-                 batch_size:int=16, # images per forward pass
-                 workers:int=2, # decoding processes (both paths)
-                 device:str='auto', # auto, cpu, cuda, cuda:N
-                 backbone:str|None=None, # open_clip config, random weights (None: RN50-quickgelu)
-                 precisions:list[str]=['fp32', 'bf16'], # image tower precisions to time
-                 per_shard:int=16, # images per shard
-                 repeats:int=2, # passes of each path; the fastest counts (the first pays for cold caches)
-                ) -> dict:
-    "Images/s of shards -> Parquet parts against folder -> CSV on the same images, per precision; printed, JSON last line."
-    from qualiclip.core import get_device
-    from qualiclip.model import DEFAULT_BACKBONE, QualiCLIP
-    from qualiclip.scoring import score_files, set_precision, synthetic_jpegs
-    backbone = backbone or DEFAULT_BACKBONE; dev = get_device(device)
-    torch.manual_seed(0); model = QualiCLIP(backbone).to(dev).eval(); model.name = 'qualiclip-random-init'
-    res = {'bench': 'score-shards', 'n': n, 'width': width, 'height': height, 'backbone': backbone, 'device': str(dev),
-           'batch_size': batch_size, 'workers': workers, 'per_shard': per_shard, 'repeats': repeats, 'cpus': os.cpu_count(),
-           'torch_threads': torch.get_num_threads(), 'rows': []}
-    print(f"bench score --shards: {n} synthetic {width}x{height} JPEGs ({per_shard} per shard), {backbone} random weights, "
-          f"device {dev}, batch {batch_size}, {workers} workers, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d); files = synthetic_jpegs(d/'imgs', n, width, height); shard_files = write_shards(files, d/'shards', per_shard)
-        for prec in precisions:
-            set_precision(model, prec)
-            model.score_batch(torch.zeros(min(batch_size, n), 3, height, width, dtype=torch.uint8))   # warm-up
-            parts = plan_parts([str(p) for p in shard_files]); job = job_settings(model, 'random'); t_sh = t_csv = math.inf
-            for r in range(repeats):   # the two paths alternate; a fresh output folder each pass
-                t0 = time.perf_counter()
-                score_parts(parts, model, d/f'parts-{prec}-{r}', job, batch_size=batch_size, workers=workers, progress=False)
-                t_sh = min(t_sh, time.perf_counter() - t0); t0 = time.perf_counter()
-                score_files([d/'imgs'], model, batch_size=batch_size, workers=workers, progress=False).to_csv(d/f'{prec}.csv', index=False)
-                t_csv = min(t_csv, time.perf_counter() - t0)
-            a = pd.concat([pd.read_parquet(f) for f in sorted((d/f'parts-{prec}-0').glob('part-*.parquet'))]).score.to_numpy()
-            b = pd.read_csv(d/f'{prec}.csv').score.to_numpy()
-            res['rows'].append({'precision': prec, 'shards_parquet_images_per_s': round(n / t_sh, 3), 'folder_csv_images_per_s': round(n / t_csv, 3),
-                                'parquet_over_csv_time': round(t_sh / t_csv, 3), 'max_abs_score_diff': float(np.abs(a - b).max())})
-    print(pd.DataFrame(res['rows']).to_string(index=False))
-    print(json.dumps(res))
     return res
 
 # %% ../nbs/15_shards.ipynb #02b88d32

@@ -15,12 +15,12 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root, demo_folder, timed
+from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
 from .losses import qualiclip_loss
 from .pairs import derive_seed
 
 # %% auto #0
-__all__ = ['TrainConfig', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
+__all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
            'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state',
            'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'trim_live', 'stale_temporaries', 'train',
            'level_order', 'level_order_cmd', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run',
@@ -155,6 +155,30 @@ class TrainConfig:
     def to_dict(self) -> dict:
         "Plain-type dict of the config (YAML/JSON friendly)."
         d = asdict(self); d['betas'], d['scale'] = list(d['betas']), list(d['scale']); return d
+
+# %% ../nbs/05_train.ipynb #07db67fe
+def train_config(params:str|dict='params.yaml', # params file or dict (the profile)
+                 ablation:str|None=None, # apply `ablations.<name>` and write to `<ablations_dir>/<name>`
+                 **overrides, # TrainConfig fields that win over the profile
+                ) -> TrainConfig:
+    "The profile's `TrainConfig`: `train:` plus the values it shares with the rest of the profile (one source each)."
+    p = params if isinstance(params, dict) else load_params(params); t = p.get('train')
+    if not isinstance(t, dict): raise ValueError(f"The params have no `train:` mapping (got {type(t).__name__}); see params.yaml.")
+    model = p.get('model') or {}
+    shared = {'backbone': model.get('backbone'), 'device': p.get('device'), 'seed': p.get('seed'),
+              'pretrained': f"{model['init_dir']}/clip.pt" if model.get('init_dir') else None}
+    source = {'backbone': 'model.backbone', 'device': 'device', 'seed': 'seed', 'pretrained': 'model.init_dir'}
+    dup = sorted(k for k in shared if k in t and shared[k] is not None)
+    if dup: raise ValueError(f"train.{dup[0]} is set in two places: it comes from {source[dup[0]]}; remove it from the train: section.")
+    cfg = {**{k: v for k, v in shared.items() if v is not None}, **t}
+    if ablation is not None:
+        abl = p.get('ablations') or {}
+        if ablation not in abl: raise ValueError(f"No ablations.{ablation} in the params; known: {sorted(abl)}.")
+        cfg.update(abl[ablation] or {}); cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
+    cfg.update(overrides)
+    for k in ('pristine', 'val_pristine', 'pretrained', 'out'):
+        if isinstance(cfg.get(k), str) and cfg[k].lower() not in ('none', 'null', '', 'openai'): cfg[k] = str(resolve(cfg[k]))
+    return TrainConfig.from_params(cfg)
 
 # %% ../nbs/05_train.ipynb #092fc03e
 def dist_env() -> tuple:
@@ -723,7 +747,6 @@ def train_cmd(params:str|None=None, # a profile (params.yaml): its training reci
               **overrides, # every TrainConfig field is an option: --crop 224, --lr 1e-5, --compile / --no-compile, ...
              ) -> int:
     "Train QualiCLIP's image tower on degraded pristine images (one process, or each process under torchrun)."
-    from qualiclip.pipeline import train_config
     try:
         cfg = train_config(params, **overrides) if params else TrainConfig.from_params({}, **overrides)
         m = train(cfg, resume=resume)
