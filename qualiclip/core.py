@@ -14,9 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve', 'load_params', 'seed_everything',
-           'get_device', 'make_generator', 'sync_device', 'timed', 'atomic_path', 'ImageReadError', 'load_pil',
-           'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
-           'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
+           'get_device', 'make_generator', 'sync_device', 'timed', 'atomic_path', 'leftover_temporaries',
+           'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image',
+           'save_image', 'scan_images', 'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -111,13 +111,19 @@ def timed(fn, # callable doing the work, e.g. scoring `n` images
         el = time.perf_counter() - t0
         if not seconds or el >= seconds: return done / el
 
+# %% ../nbs/00_core.ipynb #f92674dc
+def _temp_affixes(path:Path) -> tuple[str, str]:
+    "Prefix and suffix of the temporary names `atomic_path` gives beside `path`: `.<name>.` and `.tmp<suffix>`."
+    return f'.{path.name}.', '.tmp' + path.suffix
+
 # %% ../nbs/00_core.ipynb #b929f644
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # final destination (file or folder)
                ):
     "Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp'+path.suffix, dir=path.parent)
+    prefix, suffix = _temp_affixes(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd); os.unlink(tmp); tmp = Path(tmp)
     try:
         yield tmp
@@ -130,6 +136,13 @@ def atomic_path(path:str|Path, # final destination (file or folder)
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists(): tmp.unlink()
         raise
+
+# %% ../nbs/00_core.ipynb #ac246a9e
+def leftover_temporaries(path:str|Path, # a destination that `atomic_path` writes
+                        ) -> list[Path]:
+    "Temporary files `atomic_path` left beside `path` when its process was killed mid-write (files only)."
+    path = Path(path); prefix, suffix = _temp_affixes(path)
+    return sorted(f for f in path.parent.glob(f'{glob.escape(prefix)}*{glob.escape(suffix)}') if f.is_file())
 
 # %% ../nbs/00_core.ipynb #8ab971e2
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif'}  # GIF: the first frame is read

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
-from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, load_pil, resize_short_side
+from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, leftover_temporaries, load_pil, resize_short_side
 from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
 
 # %% auto #0
@@ -298,7 +298,7 @@ def _outputs(scorer, x, embeddings:bool):
 
 def _clear_temps(out:Path, part:dict) -> None:
     "Remove temporary files a killed run left for this part (only this process writes it)."
-    for t in out.glob(f".part-{part['name']}.parquet.*.tmp.parquet"): t.unlink(missing_ok=True)
+    for t in leftover_temporaries(out / f"part-{part['name']}.parquet"): t.unlink(missing_ok=True)
 
 # %% ../nbs/15_shards.ipynb #66ada2f2
 def score_parts(parts:list[dict], # this process's parts (`my_parts`)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .core import atomic_path, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
+from .core import atomic_path, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
 from .losses import qualiclip_loss
 from .pairs import derive_seed
 
@@ -604,9 +604,9 @@ def trim_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
 # %% ../nbs/05_train.ipynb #22f79be3
 def stale_temporaries(folder:str|Path, # a run folder
                      ) -> list[Path]:
-    "Temporary files of this run's own outputs left by a process killed while writing (`atomic_path` names them `.<name>.*.tmp<suffix>`)."
+    "Temporary files of this run's own outputs left by a process killed while writing (see `core.leftover_temporaries`)."
     own = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json')
-    return sorted(f for n in own for f in Path(folder).glob(f'.{n}.*.tmp{Path(n).suffix}') if f.is_file())
+    return sorted(f for n in own for f in leftover_temporaries(Path(folder) / n))
 
 # %% ../nbs/05_train.ipynb #cb107bf5
 @patch
