@@ -264,13 +264,16 @@ def set_codec_pool(processes:int=0, # >0: run host codecs in this many spawned p
     return codec_pool()
 
 # %% ../nbs/01_distortions.ipynb #c2539338
+def _j2k_resolutions(a:np.ndarray) -> int:
+    "Resolution levels of our JPEG 2000 encodes: log2 of the shorter side minus 1, between 1 and 6."
+    h, w = a.shape[:2]; return max(1, min(6, int(math.log2(max(1, min(h, w)))) - 1))
+
 def jpeg2000_roundtrip(a:np.ndarray, # uint8 (H,W,3)
                        rate:float, # compression ratio
                       ) -> np.ndarray:
     "Encode and decode one image with JPEG 2000 (Pillow/OpenJPEG) at a compression ratio."
-    h, w = a.shape[:2]; res = max(1, min(6, int(math.log2(max(1, min(h, w)))) - 1))
     buf = io.BytesIO()
-    Image.fromarray(a, 'RGB').save(buf, 'JPEG2000', quality_mode='rates', quality_layers=[float(rate)], num_resolutions=res)
+    Image.fromarray(a, 'RGB').save(buf, 'JPEG2000', quality_mode='rates', quality_layers=[float(rate)], num_resolutions=_j2k_resolutions(a))
     buf.seek(0)
     with Image.open(buf) as im: return np.asarray(im.convert('RGB'))
 
@@ -281,9 +284,8 @@ def jpeg2000_layers(a:np.ndarray, # uint8 (H,W,3)
     "{ratio: decoded image} from one JPEG 2000 encode with a quality layer per distinct ratio (one ratio: `jpeg2000_roundtrip`)."
     rs = sorted({float(r) for r in rates}, reverse=True)                 # most compressed layer first
     if len(rs) == 1: return {rs[0]: jpeg2000_roundtrip(a, rs[0])}
-    h, w = a.shape[:2]; res = max(1, min(6, int(math.log2(max(1, min(h, w)))) - 1))
     buf = io.BytesIO()
-    Image.fromarray(a, 'RGB').save(buf, 'JPEG2000', quality_mode='rates', quality_layers=rs, num_resolutions=res)
+    Image.fromarray(a, 'RGB').save(buf, 'JPEG2000', quality_mode='rates', quality_layers=rs, num_resolutions=_j2k_resolutions(a))
     data, out = buf.getvalue(), {}
     for n, r in enumerate(rs, 1):
         with Image.open(io.BytesIO(data)) as im:
