@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_cli.ipynb #faedbd84
 from __future__ import annotations
-import argparse, contextlib, importlib, inspect, io, os, sys, types, typing
+import argparse, contextlib, importlib, inspect, io, os, signal, sys, threading, types, typing
 from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', 'build_parser', 'parse_command', 'main', 'cli']
+__all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', 'build_parser', 'parse_command', 'Terminated',
+           'error_line', 'main', 'cli']
 
 # %% ../nbs/11_cli.ipynb #1e321d39
 COMMANDS = {
@@ -164,6 +165,35 @@ def parse_command(func, # the command's function
         if args.get(name) in (None, []): p.error(f"the argument {name} is required (positional, or --{name.replace('_', '-')})")
     return args
 
+# %% ../nbs/11_cli.ipynb #07aa7fd9
+_TERMINATED = set()   # holds True once SIGTERM arrived during a command
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM, delivered like Ctrl-C, so that the work done so far is kept the same way (exit 143)."
+
+def _on_sigterm(signum, frame):
+    _TERMINATED.add(True); raise Terminated()
+
+_USER_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError, LookupError)
+
+def error_line(e:BaseException, # the exception a command raised
+              ) -> str:
+    "One line for the user: the error's own message (which names the file or value), disk full and decoding errors said plainly."
+    import errno, json, pickle
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"error: disk full while writing {e.filename or 'the output'}; free some space and run again."
+    if isinstance(e, OSError) and e.filename and not msg.count(str(e.filename)):
+        return f"error: {e.filename}: {e.strerror or msg}"
+    if isinstance(e, RuntimeError) and ('inline_container' in msg or 'file write failed' in msg):
+        return "error: a file could not be written (is the disk full?); free some space and run again."
+    if isinstance(e, json.JSONDecodeError): return f"error: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg})."
+    if isinstance(e, pickle.UnpicklingError): return f"error: a file is not a valid checkpoint ({msg[:200]})."
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) and ' ' not in e.args[0]:
+        return f"error: the key {e.args[0]!r} is missing from an input (a checkpoint or table of another layout?)."
+    if not isinstance(e, _USER_ERRORS): return f"internal error: {type(e).__name__}: {msg} (please report it)"
+    return f"error: {msg}"
+
 # %% ../nbs/11_cli.ipynb #7d29f348
 def _grouped() -> list[tuple[str, str, list[str]]]:
     "(heading, what for, commands) in the order of COMMAND_GROUPS, then 'other' for commands in no group."
@@ -202,13 +232,22 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
     rest = argv[len(name.split()):]
     func = resolve_command(COMMANDS[name])
     kwargs = parse_command(func, rest, prog=f'qualiclip {name}')
+    from qualiclip.core import OutputError, check_outputs
+    try: check_outputs(func, kwargs)    # every declared output, before any work
+    except OutputError as e:
+        print(f"qualiclip {name}: error: {e}", file=sys.stderr); return 2
+    _TERMINATED.clear()
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try: rc = func(**kwargs)
     except KeyboardInterrupt:
-        print(f"qualiclip {name}: interrupted", file=sys.stderr); return 130
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
+        print(f"qualiclip {name}: {'terminated' if _TERMINATED else 'interrupted'}", file=sys.stderr)
+        return 143 if _TERMINATED else 130
+    except Exception as e:
         if os.environ.get('QUALICLIP_DEBUG'): raise
-        print(f"qualiclip {name}: error: {e}\n(set QUALICLIP_DEBUG=1 for the traceback)", file=sys.stderr); return 2
-    return int(rc or 0)
+        print(f"qualiclip {name}: {error_line(e)}\n(set QUALICLIP_DEBUG=1 for the traceback)", file=sys.stderr); return 2
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+    return 143 if _TERMINATED else int(rc or 0)
 
 # %% ../nbs/11_cli.ipynb #f5fa1e2c
 def cli() -> None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, os, random, tempfile, time, warnings
+import contextlib, glob, json, os, random, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,12 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve', 'load_params', 'seed_everything',
-           'get_device', 'make_generator', 'sync_device', 'timed', 'atomic_path', 'leftover_temporaries',
-           'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image',
-           'save_image', 'scan_images', 'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
+__all__ = ['FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve',
+           'load_params', 'seed_everything', 'get_device', 'make_generator', 'sync_device', 'timed', 'OutputError',
+           'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'output_folder', 'writes', 'csv_or_parts',
+           'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor',
+           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
+           'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -116,26 +118,180 @@ def _temp_affixes(path:Path) -> tuple[str, str]:
     "Prefix and suffix of the temporary names `atomic_path` gives beside `path`: `.<name>.` and `.tmp<suffix>`."
     return f'.{path.name}.', '.tmp' + path.suffix
 
+# %% ../nbs/00_core.ipynb #2217a1e9
+class OutputError(ValueError):
+    "An output path that is refused before any work (the command line's exit 2); the message names the path and what to do."
+
+FOLDER_MARK = '.qualiclip.json'   # written into every folder this project creates; only such folders are ever replaced
+
+def folder_mark(path:str|Path, # a folder
+               ) -> dict|None:
+    "The mark this project wrote into a folder it created (a dict with its `kind`), or None for any other folder."
+    try: d = json.loads((Path(path)/FOLDER_MARK).read_text(encoding='utf-8'))
+    except (OSError, ValueError): return None
+    return d if isinstance(d, dict) and d.get('project') == 'qualiclip' and isinstance(d.get('kind'), str) else None
+
+def mark_folder(path:str|Path, # the folder (created when missing)
+                kind:str='output', # what it holds: 'output' (a report), 'run' (a training run), 'dataset', 'parts', ...
+                **info, # more facts to record (e.g. the command)
+               ) -> Path:
+    "Create a folder if needed and mark it as this project's own output of `kind`."
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    d = {'project': 'qualiclip', 'kind': kind, **info}   # (no time: a pipeline's outputs stay byte-identical from run to run)
+    with atomic_path(p/FOLDER_MARK) as t: t.write_text(json.dumps(d, indent=1, default=str) + '\n', encoding='utf-8')
+    return p
+
+# %% ../nbs/00_core.ipynb #0d99cdcd
+_MAGIC = [(b'\x89PNG\r\n\x1a\n', 'image'), (b'\xff\xd8\xff', 'image'), (b'GIF87a', 'image'), (b'GIF89a', 'image'),
+          (b'II*\x00', 'image'), (b'MM\x00*', 'image'), (b'\x00\x00\x00\x0cjP  ', 'image'), (b'\xff\x4f\xff\x51', 'image'),
+          (b'PK\x03\x04', 'zip'), (b'PK\x05\x06', 'zip'), (b'PAR1', 'parquet'), (b'\x1f\x8b', 'gzip'), (b'BZh', 'bzip2'),
+          (b'\xfd7zXZ', 'xz'), (b'7z\xbc\xaf', '7z'), (b'Rar!', 'rar'), (b'MATLAB', 'mat'), (b'%PDF', 'pdf'), (b'\x80', 'pickle')]
+
+def file_kind(path:str|Path, # an existing file
+             ) -> str:
+    "What a file holds, from its first bytes: image, zip (torch checkpoints), pickle, parquet, tar, gzip, mat, text, empty, binary."
+    with open(path, 'rb') as f: head = f.read(8192)
+    if not head: return 'empty'
+    if head[:4] == b'RIFF' and head[8:12] in (b'WEBP',): return 'image'
+    if head[:2] == b'BM' and len(head) > 14: return 'image'
+    for magic, kind in _MAGIC:
+        if head.startswith(magic): return kind
+    if head[257:262] == b'ustar': return 'tar'
+    if b'\x00' in head: return 'binary'
+    try: head.decode('utf-8')
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4: return 'binary'   # (a character cut at the 8 KiB boundary is still text)
+    return 'text'
+
+OUTPUT_KINDS = {   # what a command writes -> (suffixes an existing text file must have to be replaced, content it may replace)
+    'csv': ({'.csv', '.tsv', '.txt'}, {'text'}), 'json': ({'.json'}, {'text'}), 'markdown': ({'.md', '.markdown'}, {'text'}),
+    'yaml': ({'.yaml', '.yml'}, {'text'}), 'text': ({'.txt', '.log'}, {'text'}),
+    'image': (None, {'image'}), 'checkpoint': (None, {'zip', 'pickle'}), 'parquet': (None, {'parquet'}),
+    'tar': (None, {'tar'}), 'zip': (None, {'zip'}), 'folder': (None, set()), 'run': (None, set()),
+}
+
+# %% ../nbs/00_core.ipynb #755c5bb7
+def _flat(xs) -> list:
+    "Path-like values of an argument that may be one path, a list of them, or None."
+    if xs is None: return []
+    if isinstance(xs, (str, Path)): return [xs]
+    return [y for x in xs for y in _flat(x)]
+
+def check_output(path:str|Path, # the output the user named (or a documented default)
+                 kind:str, # a key of `OUTPUT_KINDS`: 'csv', 'json', 'image', 'checkpoint', ..., 'folder' (a report), 'run'
+                 inputs=(), # the call's input paths (one, a list, or nested lists); the output may be none of them
+                 what:str='--out', # how the user named it, for messages
+                 quiet:bool=False, # do not say that an earlier output will be replaced
+                ) -> Path:
+    "Check an output path before any work; `OutputError` naming it when it is unsafe, else the path."
+    if kind not in OUTPUT_KINDS: raise ValueError(f"Unknown output kind {kind!r}; choose from {sorted(OUTPUT_KINDS)}.")
+    if path is None or not str(path).strip(): raise OutputError(f"{what}: an empty path; give a file or folder name.")
+    p = Path(path); folder = kind in ('folder', 'run'); where = f"{what} {path}"
+    for a in Path(os.path.abspath(p)).parents:   # the nearest ancestor that exists must be a writable folder
+        if a.is_symlink() and not a.exists():
+            raise OutputError(f"{where}: {a} is a broken symbolic link; fix it or choose another path.")
+        if a.exists():
+            if not a.is_dir(): raise OutputError(f"{where}: {a} is a file, not a folder; choose a path that is not under a file.")
+            if not os.access(a, os.W_OK | os.X_OK): raise OutputError(f"{where}: the folder {a} cannot be written to; choose another path.")
+            break
+    rp = p.resolve()
+    for i in _flat(inputs):
+        try: same = Path(i).resolve() == rp
+        except (OSError, RuntimeError, ValueError): same = False
+        if same: raise OutputError(f"{where} is also an input of this command; choose another output (nothing was written).")
+    if p.is_symlink() and not p.exists(): raise OutputError(f"{where} is a broken symbolic link; remove it or choose another path.")
+    if not p.exists(): return p
+    if folder:
+        if not p.is_dir(): raise OutputError(f"{where} is a file; a folder is due here: give a new folder name.")
+        if not os.access(p, os.W_OK | os.X_OK): raise OutputError(f"{where}: the folder cannot be written to; choose another path.")
+        if kind == 'run' and any(p.iterdir()) and (folder_mark(p) or {}).get('kind') != 'run':
+            raise OutputError(f"{where} is not empty and is not a training run of this project (no {FOLDER_MARK} of kind "
+                              "'run'): nothing was moved or written; give a new or empty folder.")
+        return p
+    if p.is_dir(): raise OutputError(f"{where} is a folder; give a file name, e.g. {p/('out.' + kind.replace('markdown', 'md'))}.")
+    suffixes, ok = OUTPUT_KINDS[kind]
+    try: k = file_kind(p)
+    except OSError as e: raise OutputError(f"{where} cannot be read ({e.strerror or e}); choose another path.") from None
+    if k != 'empty' and (k not in ok or (suffixes is not None and p.suffix.lower() not in suffixes)):
+        held = k if k != 'text' else f"text ({p.suffix or 'no suffix'})"
+        raise OutputError(f"{where} exists and holds {held}, not {kind}: nothing was written; choose another name, "
+                          "or move that file away first.")
+    if not os.access(p, os.W_OK): raise OutputError(f"{where} is read-only; choose another path.")
+    if not quiet: print(f"note: {where} exists (an earlier {kind}); it will be replaced.", file=sys.stderr)
+    return p
+
+def output_folder(path:str|Path, # a report folder: created and marked when new, else only added to
+                  inputs=(), # the call's input paths (see `check_output`)
+                  what:str='--out', # how the user named it, for messages
+                  kind:str='output', # the mark written into a folder this call creates
+                 ) -> Path:
+    "Check and create a folder that a command adds its own files to (marked as ours when it was new or empty)."
+    p = check_output(path, 'folder', inputs, what)
+    if not p.exists() or not any(p.iterdir()): mark_folder(p, kind)
+    return p
+
+# %% ../nbs/00_core.ipynb #3fb4ea19
+def writes(inputs:tuple=(), # names of the arguments that hold the command's input paths
+           **outputs, # argument name -> output kind (a key of `OUTPUT_KINDS`), or a function of its value giving the kind (None: not checked)
+          ):
+    "Declare a command's output and input arguments; the command line checks the outputs before it calls the command."
+    def deco(f):
+        f.__outputs__, f.__inputs__ = dict(outputs), tuple(inputs)
+        return f
+    return deco
+
+def csv_or_parts(out:str, # `qualiclip score --out`
+                ) -> str:
+    "The output kind of `score --out`: a folder of Parquet parts when it ends in '/', else a CSV file."
+    return 'folder' if str(out).endswith(('/', os.sep)) else 'csv'
+
+def check_outputs(func, # a command declared with `writes`
+                  kwargs:dict, # its arguments, as the command line parsed them
+                 ) -> list[Path]:
+    "Check every declared output of a command call before any work (`OutputError` on the first unsafe one)."
+    ins = [kwargs.get(n) for n in getattr(func, '__inputs__', ())]
+    res = []
+    for name, kind in getattr(func, '__outputs__', {}).items():
+        v = kwargs.get(name)
+        if v is None or v == '' or v == []: continue
+        k = kind(v) if callable(kind) else kind
+        if k is not None: res.append(check_output(v, k, ins, what='--' + name.replace('_', '-')))
+    return res
+
 # %% ../nbs/00_core.ipynb #b929f644
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # final destination (file or folder)
                ):
-    "Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+    A file replaces a file; a folder takes the place of a missing or empty folder, or of a folder this project marked
+    as its own (`folder_mark`): any other existing folder is refused (`OutputError`) and left as it was."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     prefix, suffix = _temp_affixes(path)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-    os.close(fd); os.unlink(tmp); tmp = Path(tmp)
+    os.close(fd); os.unlink(tmp); tmp = Path(tmp); aside = None
     try:
         yield tmp
         if not tmp.exists(): raise FileNotFoundError(f"Nothing was written to the temporary file for {path}.")
-        if path.is_dir() and tmp.is_dir():
-            import shutil; shutil.rmtree(path)
+        if tmp.is_dir() and folder_mark(tmp) is None: mark_folder(tmp)   # a folder this project creates carries its mark
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+            if folder_mark(path) is None:
+                raise OutputError(f"{path} is a folder this project did not create, and it is not empty: nothing was "
+                                  "replaced; give a new or empty folder.")
+            aside = Path(tempfile.mkdtemp(prefix=prefix, suffix='.old', dir=path.parent))
+            os.replace(path, aside/'old')   # our own earlier output, moved into a folder this call created
+        elif tmp.is_dir() != path.is_dir() and path.exists():
+            raise OutputError(f"{path} is a {'folder' if path.is_dir() else 'file'}; a {'folder' if tmp.is_dir() else 'file'} "
+                              "is due there: nothing was replaced; choose another path.")
         os.replace(tmp, path)
     except BaseException:
+        if aside is not None and (aside/'old').exists() and not path.exists(): os.replace(aside/'old', path)
         if tmp.is_dir():
-            import shutil; shutil.rmtree(tmp, ignore_errors=True)
+            import shutil; shutil.rmtree(tmp, ignore_errors=True)   # the temporary folder this call created
         elif tmp.exists(): tmp.unlink()
         raise
+    finally:
+        if aside is not None:
+            import shutil; shutil.rmtree(aside, ignore_errors=True)   # a folder this call created (holding the replaced output)
 
 # %% ../nbs/00_core.ipynb #ac246a9e
 def leftover_temporaries(path:str|Path, # a destination that `atomic_path` writes
@@ -267,7 +423,7 @@ def scan_images(paths:list|str|Path, # files, folders or glob patterns
     if isinstance(paths, (str, Path)): paths = [paths]
     out = []
     for p in map(str, paths):
-        if any(ch in p for ch in '*?['):
+        if any(ch in p for ch in '*?[') and not (os.path.lexists(p)):   # a path that exists is always literal
             hits = [Path(h) for h in sorted(glob.glob(p, recursive=True))]
             if not hits: raise FileNotFoundError(f"The pattern {p!r} matches no file.")
             out += [(h, '') for h in hits if h.is_file()]

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator
+from .core import writes
 
 # %% auto #0
 __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
@@ -1037,6 +1038,7 @@ def _read_checksums(f:str|None) -> dict|None:
         raise DatasetError(f"{p}: expected a mapping of source file names to 64-hex-digit SHA-256 values.")
     return d
 
+@writes(inputs=('checksums',), root='folder')
 def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive`, `spaq`, `live`, `csiq`, `tid2013`, `kadid10k`, `agiqa3k`, `pipal`, `kadis700k`)
                 root:str, # the dataset's root folder
                 download:bool=False, # fetch, verify and unpack the sources first (needs network access)

@@ -16,6 +16,7 @@ import kornia
 from PIL import Image
 
 from .core import load_image, save_image, atomic_path, make_generator, demo_photo, demo_images, DEMO_SPLITS
+from .core import writes
 
 # %% auto #0
 __all__ = ['COUNT_AREA', 'DISTORTIONS', 'GROUPS', 'REFERENCE_FNS', 'Draws', 'psnr', 'ssim', 'conv_per_image',
@@ -749,6 +750,7 @@ def distortion_grid(x:torch.Tensor, # one image (3,H,W) in [0,1]
     return fig
 
 # %% ../nbs/01_distortions.ipynb #f43394cd
+@writes(inputs=('image',), out='image')
 def distort_cmd(image:str, # input image file
                 type:str, # distortion type (e.g. gaublur, jpeg2000, nonlincontrchange)
                 level:int, # level 1..5
@@ -763,6 +765,7 @@ def distort_cmd(image:str, # input image file
     print(out); return 0
 
 # %% ../nbs/01_distortions.ipynb #8af05d81
+@writes(inputs=('image',), out='image')
 def distortion_grid_cmd(image:str, # input image file
                         out:str, # output PNG
                         size:int=192, # side of each tile in pixels

@@ -20,6 +20,7 @@ from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
 from .niqe import niqe_scorer
 from .scoring import get_scorer, register_scorer, score_files, set_precision
+from .core import writes
 
 # %% auto #0
 __all__ = ['METRIC_KEYS', 'SCORE_COLS', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate', 'evaluate_cmd',
@@ -205,6 +206,7 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
     return metrics
 
 # %% ../nbs/08_evaluate.ipynb #deb00719
+@writes(inputs=('root', 'weights', 'pretrained', 'niqe_params', 'prompts'), out='folder')
 def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e.g. demo, koniq10k, live
                  root:str, # dataset root folder (the owners' layout), or its index (data/index/<name>.csv)
                  model:str='qualiclip', # scorer: qualiclip, clipiqa, niqe (or any registered name)
@@ -233,6 +235,7 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
     return 0 if m.get('srcc') is not None else 1
 
 # %% ../nbs/08_evaluate.ipynb #19b3e5f0
+@writes()
 def bench_models_cmd(n:int=32, # synthetic 1024x768 JPEGs (and at most this many demo images)
                      backbone:str='RN50-quickgelu', # open_clip config of the CLIP models (random weights)
                      models:list[str]=['qualiclip', 'clipiqa', 'niqe'], # the models to time

@@ -17,6 +17,7 @@ from .core import DEMO_PHOTOS, atomic_path, demo_photo, load_image, load_params,
 from .distortions import DISTORTIONS, distort
 from .model import PROMPTS
 from fastcore.basics import patch
+from .core import writes
 
 # %% auto #0
 __all__ = ['quantize', 'load_source', 'degrade', 'load_scorer', 'pair_probs', 'default_paths', 'Explorer', 'panel_figure',
@@ -334,6 +335,7 @@ def parse_levels(levels:str, # '0-5', '0,2,4' or '3'
     return out
 
 # %% ../nbs/16_explore.ipynb #92e25538
+@writes(inputs=('image', 'weights', 'clipiqa_weights', 'niqe_params'), out='image')
 def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut, chelsea, coffee, ...)
                 type:str='gaublur', # distortion type (see `qualiclip distort --help`)
                 levels:str='0-5', # levels, one row each: a range (0-5) or a list (0,2,4); 0 is the pristine picture
@@ -387,6 +389,7 @@ def time_update(ex:Explorer, # an explorer
     return {'update_s': float(np.median(new)), 'cached_s': float(np.median(again)), 'max_update_s': float(max(new))}
 
 # %% ../nbs/16_explore.ipynb #225aa7b8
+@writes()
 def bench_explore_cmd(levels:str='1-5', # levels visited (each a new update)
                       rn50:bool=True, # also time RN50 (random weights) on a 512 px photo
                       checkpoints:int=1, # checkpoints compared (1 or 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from .core import writes
 
 # %% auto #0
 __all__ = ['to_quantiles', 'level_centres', 'gmad_role', 'gmad_pairs', 'gmad_figure', 'read_scores', 'gmad_cmd']
@@ -121,6 +122,7 @@ def read_scores(csv:str|Path, # a scores CSV with `path` and `score` columns
     return df.drop_duplicates('path').set_index('path')['score'].astype(float)
 
 # %% ../nbs/10_gmad.ipynb #cb62c83d
+@writes(inputs=('scores_a', 'scores_b'), out='folder')
 def gmad_cmd(scores_a:str, # scores CSV of model A (path, score)
              scores_b:str, # scores CSV of model B, same pool
              out:str='gmad', # output folder for gmad_pairs.csv and gmad.png

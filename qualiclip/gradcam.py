@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
+from .core import writes
 
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'QualityTarget', 'gradcam_maps', 'overlay', 'gradcam_figure', 'load_for_gradcam', 'gradcam_cmd']
@@ -123,6 +124,7 @@ def load_for_gradcam(weights:str|None=None, # our `qualiclip.pth` (official layo
     return m.to(get_device(device)).eval()
 
 # %% ../nbs/09_gradcam.ipynb #efc92be2
+@writes(inputs=('images', 'weights', 'compare_weights'), out='folder')
 def gradcam_cmd(images:list[str], # image files, folders or globs
                 weights:str=None, # our checkpoint in the official layout (qualiclip.pth)
                 out:str='gradcam', # output folder

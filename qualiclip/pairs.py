@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, DataLoader
 from .core import (ImageReadError, load_pil, resize_short_side, list_images, get_device, make_generator,
                             demo_photo, demo_images, demo_folder, DEMO_SPLITS)
 from .distortions import apply_compositions, sample_compositions, ssim, psnr
+from .core import writes
 
 # %% auto #0
 __all__ = ['derive_seed', 'PristineFolder', 'level_positions', 'crop_boxes', 'make_pairs', 'level_order_violations',
@@ -279,6 +280,7 @@ class PairStream(Dataset):
             yield x, comps
 
 # %% ../nbs/02_pairs.ipynb #773dbcee
+@writes(inputs=('pristine',))
 def bench_pairs_cmd(device:str='auto', # device the crops are degraded on ('cpu': in the loader workers)
                     crop:int=224, # crop side
                     levels:int=5, # levels per sample

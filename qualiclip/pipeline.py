@@ -14,6 +14,7 @@ import pandas as pd
 from .datasets import DISK_SPACE, read_index, write_index   # the index files: `qualiclip.datasets`
 from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, resolve, seed_everything, write_demo_photos
 from .train import train_config   # a profile's training settings: `qualiclip.train`
+from .core import writes
 
 # %% auto #0
 __all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'Input', 'profile_inputs', 'check_cmd', 'pool_archive_members', 'unpack_pool',
@@ -105,6 +106,7 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
     return out
 
 # %% ../nbs/13_pipeline.ipynb #7c6ec9ab
+@writes(inputs=('params',))
 def check_cmd(params:str='params.yaml', # the profile
              ) -> int:
     "List every input the profile needs, present or missing, with what to do for each missing one; exit 1 if any is missing."
@@ -159,6 +161,7 @@ def unpack_pool(archive:str|Path, # the KADIS-700k zip (or any zip with a ref_im
     return dest
 
 # %% ../nbs/13_pipeline.ipynb #ab32483e
+@writes(inputs=('params',))
 def unpack_cmd(params:str='params.yaml', # the profile (`train.pristine`, `pristine.pool_archive`)
               ) -> int:
     "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing (never overwrites)."
@@ -218,6 +221,7 @@ def standin_niqe_params(path:str|Path, # destination `.mat`
     return save_niqe_params(fit_niqe([demo_photo(n) for n in DEMO_SPLITS['train'][:6]]), path)
 
 # %% ../nbs/13_pipeline.ipynb #c72947f3
+@writes(inputs=('params',))
 def standin_cmd(params:str='params.yaml', # the profile
                 n:int=4, # images (authentic datasets) or references (synthetic ones) per miniature dataset
                 seed:int=0, # seed of the stand-ins
@@ -253,6 +257,7 @@ def standin_cmd(params:str='params.yaml', # the profile
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #ce8fbb35
+@writes(inputs=('root',), out='csv')
 def index_cmd(dataset:str, # dataset name, e.g. koniq10k
               root:str, # its folder (owners' layout), e.g. data/datasets/koniq10k
               out:str, # the index file, e.g. data/index/koniq10k.csv
@@ -288,6 +293,7 @@ def index_pool(folder:str|Path, # a folder of pristine images (searched recursiv
     return df
 
 # %% ../nbs/13_pipeline.ipynb #0976b562
+@writes(inputs=('folder',), out='csv')
 def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k/ref_imgs
                    out:str, # the list, e.g. data/index/pool-kadis700k.csv
                   ) -> int:
@@ -300,6 +306,7 @@ def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e007
+@writes(out='folder')
 def pristine_cmd(out:str='data/pristine', # folder to write the demo photos into (`<out>/<split>/`)
                 ) -> int:
     "Write the demo photos that ship in Python packages into `<out>/train`, `<out>/val` and `<out>/test`."
@@ -328,12 +335,14 @@ def init_weights(params:str|dict='params.yaml', # the profile (`model:` and `see
     return out
 
 # %% ../nbs/13_pipeline.ipynb #2365ba63
+@writes(inputs=('params',))
 def init_cmd(params:str='params.yaml', # the profile
             ) -> int:
     "Write the starting weights: a seeded random initialisation or the profile's weights file (`model.start`)."
     init_weights(params); return 0
 
 # %% ../nbs/13_pipeline.ipynb #6d4ee019
+@writes(inputs=('params',))
 def ablate_cmd(name:str, # a key of `ablations:` in the profile
                params:str='params.yaml', # the profile
               ) -> int:
@@ -359,6 +368,7 @@ def evaluate_models(params:str|dict='params.yaml', # the profile
     return out
 
 # %% ../nbs/13_pipeline.ipynb #afa6c8fb
+@writes(inputs=('params',))
 def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.released
                      params:str='params.yaml', # the profile
                     ) -> int:
@@ -408,6 +418,7 @@ def paper_params(params:str|dict, # the profile
     return out
 
 # %% ../nbs/13_pipeline.ipynb #d5742db9
+@writes(inputs=('params',), out='folder')
 def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opinion_unaware
               params:str='params.yaml', # the profile
               out:str='outputs/notebooks', # folder of the executed notebooks
@@ -505,6 +516,7 @@ def summary(params:str|dict='params.yaml', # the profile
     return '\n'.join(lines), missing
 
 # %% ../nbs/13_pipeline.ipynb #b501b39e
+@writes(inputs=('params',))
 def summary_cmd(params:str='params.yaml', # the profile
                ) -> int:
     "Print the T1 table, the training run's best and final validation SRCC and where the figures are; exit 1 if some are missing."

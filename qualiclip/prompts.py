@@ -17,6 +17,7 @@ from fastcore.basics import patch
 
 from .core import atomic_path, get_device, load_image, load_params, repo_root
 from .model import DEFAULT_BACKBONE, PROMPTS, PYIQA_TEMPERATURE, TINY_CONFIG, QualiCLIP, check_prompts
+from .core import writes
 
 # %% auto #0
 __all__ = ['N_CTX', 'PYIQA_KEYS', 'RECIPE', 'prompt_strings', 'text_tokenizer', 'PromptLearner', 'QualiCLIPPlus', 'check_frozen',
@@ -529,6 +530,7 @@ def prompts_key(spec:str, # a T2 training side: `name` or `name[subset]`
     return m[1] + ('-' + sub if sub else '')
 
 # %% ../nbs/12_prompts.ipynb #f1e34838
+@writes(inputs=('weights', 'root', 'params'), out='checkpoint', metrics='json', run='run')
 def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose CLIP stays frozen, e.g. runs/demo/qualiclip.pth
                     dataset:str, # dataset name, e.g. koniq10k or demo
                     root:str|None=None, # its index (data/index/<dataset>.csv, the default) or its folder (owners' layout)

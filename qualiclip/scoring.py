@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .core import ImageReadError, atomic_path, get_device, load_pil, resize_short_side, timed
 from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
 from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP
+from .core import writes, csv_or_parts
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
 SCORERS = {   # name -> 'module:function' building the scorer, imported only when asked for (as `cli.COMMANDS`)
@@ -223,6 +224,7 @@ def _ranked_table(df:pd.DataFrame, # table from `score_files`
     for _, row in df[df.score.isna()].iterrows(): lines.append(f"{'-':>4}  {'failed':>8}  {'':>9}  {row.error}")
     return '\n'.join(lines)
 
+@writes(inputs=('paths', 'weights', 'niqe_params', 'prompts'), out=csv_or_parts)
 def score_cmd(paths:list[str], # image files, folders or glob patterns; with --out DIR/ also WebDataset shards (x.tar, 'shards/{00000..00999}.tar', URLs) and file lists (.txt, .parquet with a path column) (folders: .jpg .jpeg .png .bmp .tif .tiff .webp, .gif (first frame), .heic/.heif/.avif with their Pillow plug-in)
               weights:str|None=None, # QualiCLIP checkpoint in the official layout (e.g. the released qualiclip.pth)
               niqe_params:str|None=None, # NIQE (--model niqe): the official modelparameters.mat, a saved model, or a folder of pristine images
@@ -322,6 +324,7 @@ def synthetic_jpegs(out_dir:str|Path, # folder to write into
         out.append(p)
     return out
 
+@writes()
 def bench_score_cmd(n:int=64, # number of synthetic JPEG files
                     width:int=1024, # their width
                     height:int=768, # their height
@@ -418,6 +421,7 @@ def _baseline_main(argv):   # `python -m qualiclip.scoring WEIGHTS OUT FILES...`
     w, out, *files = argv
     pd.DataFrame({'path': files, 'score': one_at_a_time(files, w)}).to_csv(out, index=False)
 
+@writes()
 def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   width:int=1024, # their width
                   height:int=768, # their height

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, leftover_temporaries, load_pil, resize_short_side
 from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
+from .core import writes
 
 # %% auto #0
 __all__ = ['SHARD_RE', 'LIST_EXTS', 'IMAGE_KEYS', 'META_KEY', 'shard_identity', 'read_file_list', 'plan_parts', 'rank_and_world',
@@ -457,6 +458,7 @@ def merge_parts(out:str|Path, # the folder of a job's plan.json and part-*.parqu
     return man
 
 # %% ../nbs/15_shards.ipynb #1be2dad5
+@writes(inputs=('out',), table='parquet')
 def merge_cmd(out:str, # folder the parts were written to (qualiclip score ... --out OUT/)
               table:str|None=None, # merged Parquet file (default: OUT/scores.parquet)
               manifest:bool=True, # also write OUT/manifest.json (parts, rows, failures, model, weights)

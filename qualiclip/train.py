@@ -18,6 +18,7 @@ from torch import Tensor
 from .core import atomic_path, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
 from .losses import qualiclip_loss
 from .pairs import derive_seed
+from .core import writes
 
 # %% auto #0
 __all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
@@ -722,6 +723,7 @@ def level_order(weights:str|Path, # checkpoint in the official layout (e.g. runs
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_train.ipynb #5d37da33
+@writes(inputs=('weights', 'images'), out='csv')
 def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/demo/qualiclip.pth)
                     images:list[str], # pristine image files, folders or globs
                     crop:int=96, # crop size
@@ -742,6 +744,7 @@ def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/
     return 0
 
 # %% ../nbs/05_train.ipynb #2bf62285
+@writes(inputs=('params', 'pristine', 'val_pristine', 'pretrained'), out='run')
 def train_cmd(params:str|None=None, # a profile (params.yaml): its training recipe (`train:` and the shared keys); options given here override it
               resume:str='auto', # auto: continue a run of the same settings, else move it aside and start anew; yes: continue or fail; no: start anew
               **overrides, # every TrainConfig field is an option: --crop 224, --lr 1e-5, --compile / --no-compile, ...
@@ -800,6 +803,7 @@ def bench_train(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-
     return r
 
 # %% ../nbs/05_train.ipynb #4b95d32d
+@writes(inputs=('pristine',))
 def bench_train_cmd(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-tiny'
                     pretrained:str|None=None, # weights (none: random init)
                     crop:int=224, # crop size
@@ -858,6 +862,7 @@ def plot_run(run:str|Path, # run folder (holds dvclive/)
     return fig
 
 # %% ../nbs/05_train.ipynb #47eba44c
+@writes(inputs=('run',), out='image')
 def plot_run_cmd(run:str, # run folder (holds dvclive/), e.g. runs/demo
                  out:str='training_curve.png', # PNG to write
                  title:str|None=None, # figure title (default: the run folder and its best validation SRCC)

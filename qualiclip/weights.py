@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import atomic_path
+from .core import atomic_path, check_output, output_folder
 from .model import CHECKPOINT_HINT, CLIP_WEIGHTS_HINT, _is_torchscript, _load_tensors, read_official
+from .core import writes
 
 # %% auto #0
 __all__ = ['load_clip_state', 'compare_states', 'layer_table', 'summarise', 'plot_layers', 'compare_weights',
@@ -174,21 +175,25 @@ def plot_layers(lt:pd.DataFrame, # `layer_table` output
 # %% ../nbs/14_weights.ipynb #5c2fdb00
 def compare_weights(a:str|Path, # weights file A (the reference, e.g. the starting weights)
                     b:str|Path, # weights file B (e.g. the trained checkpoint)
-                    out:str|Path, # folder to write comparison.json, layers.csv, tensors.csv, layers.png (atomically)
+                    out:str|Path, # folder to add comparison.json, layers.csv, tensors.csv, layers.png to (each written atomically)
                    ) -> dict:
-    "Compare two CLIP weight files and write the report folder; return the facts (with the verdict)."
+    "Compare two CLIP weight files and write the report folder (its four files only); return the facts (with the verdict)."
+    files = {'comparison.json': 'json', 'layers.csv': 'csv', 'tensors.csv': 'csv', 'layers.png': 'image'}
+    check_output(out, 'folder', [a, b])   # before any work: never a file, an input, or a path under a file
+    for f, kind in files.items(): check_output(Path(out)/f, kind, [a, b], what=f'--out {out}:', quiet=True)
     sa, fa, pa = load_clip_state(a); sb, fb, pb = load_clip_state(b)
     t = compare_states(sa, sb); lt = layer_table(t)
     facts = {'a': str(a), 'b': str(b), 'format_a': fa, 'format_b': fb, **summarise(t, lt, pa, pb)}
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in facts.items()}
-    with atomic_path(out) as d:
-        d.mkdir()
-        (d/'comparison.json').write_text(json.dumps(clean, indent=1) + '\n')
-        lt.to_csv(d/'layers.csv', index=False); t.to_csv(d/'tensors.csv', index=False)
-        plot_layers(lt, d/'layers.png', f"{Path(b).name} vs {Path(a).name}: image tower, relative change per layer")
+    d = output_folder(out, [a, b])   # adds its own files to a folder that holds others; removes nothing
+    with atomic_path(d/'comparison.json') as f: f.write_text(json.dumps(clean, indent=1) + '\n')
+    with atomic_path(d/'layers.csv') as f: lt.to_csv(f, index=False)
+    with atomic_path(d/'tensors.csv') as f: t.to_csv(f, index=False)
+    plot_layers(lt, d/'layers.png', f"{Path(b).name} vs {Path(a).name}: image tower, relative change per layer")
     return facts
 
 # %% ../nbs/14_weights.ipynb #5a741a1d
+@writes(inputs=('a', 'b'), out='folder')
 def compare_weights_cmd(a:str, # weights file A, the reference (e.g. runs/init/clip.pt or OpenAI's RN50.pt)
                         b:str, # weights file B (e.g. runs/demo/qualiclip.pth or the released qualiclip.pth)
                         out:str='outputs/weights', # folder for comparison.json, layers.csv, tensors.csv, layers.png
