@@ -15,10 +15,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # %% auto #0
 __all__ = ['FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve',
            'load_params', 'seed_everything', 'get_device', 'make_generator', 'sync_device', 'timed', 'OutputError',
-           'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'output_folder', 'writes', 'csv_or_parts',
-           'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor',
-           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'demo_photo',
-           'write_demo_photos', 'demo_images', 'demo_folder']
+           'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder', 'writes',
+           'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil',
+           'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
+           'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -219,6 +219,17 @@ def check_output(path:str|Path, # the output the user named (or a documented def
     if not os.access(p, os.W_OK): raise OutputError(f"{where} is read-only; choose another path.")
     if not quiet: print(f"note: {where} exists (an earlier {kind}); it will be replaced.", file=sys.stderr)
     return p
+
+def check_report(folder:str|Path, # a report folder (new, or one the command adds its files to)
+                 files:dict, # the names the command writes there -> their output kinds
+                 inputs=(), # the call's input paths (see `check_output`)
+                 what:str='--out', # how the user named the folder, for messages
+                ) -> Path:
+    "Check a report folder and each file a command will write into it, before any work; one note names the files it replaces."
+    check_output(folder, 'folder', inputs, what)
+    old = [n for n, k in files.items() if check_output(Path(folder)/n, k, inputs, f'{what} {folder}:', quiet=True).exists()]
+    if old: print(f"note: {what} {folder}: replacing the earlier {', '.join(old)}.", file=sys.stderr)
+    return Path(folder)
 
 def output_folder(path:str|Path, # a report folder: created and marked when new, else only added to
                   inputs=(), # the call's input paths (see `check_output`)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import atomic_path, check_output, output_folder
+from .core import atomic_path, check_report, output_folder
 from .model import CHECKPOINT_HINT, CLIP_WEIGHTS_HINT, _is_torchscript, _load_tensors, read_official
 from .core import writes
 
@@ -179,8 +179,7 @@ def compare_weights(a:str|Path, # weights file A (the reference, e.g. the starti
                    ) -> dict:
     "Compare two CLIP weight files and write the report folder (its four files only); return the facts (with the verdict)."
     files = {'comparison.json': 'json', 'layers.csv': 'csv', 'tensors.csv': 'csv', 'layers.png': 'image'}
-    check_output(out, 'folder', [a, b])   # before any work: never a file, an input, or a path under a file
-    for f, kind in files.items(): check_output(Path(out)/f, kind, [a, b], what=f'--out {out}:', quiet=True)
+    check_report(out, files, [a, b])   # before any work: never a file, an input, a path under a file, or a file of another kind
     sa, fa, pa = load_clip_state(a); sb, fb, pb = load_clip_state(b)
     t = compare_states(sa, sb); lt = layer_table(t)
     facts = {'a': str(a), 'b': str(b), 'format_a': fa, 'format_b': fb, **summarise(t, lt, pa, pb)}
