@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, json, os, random, sys, tempfile, time, warnings
+import contextlib, glob, io, json, os, random, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -340,19 +340,26 @@ def _to_rgb(img:Image.Image, alpha:str) -> Image.Image:
         return Image.alpha_composite(bg, img).convert('RGB')
     return img.convert('RGB')
 
-def load_pil(path:str|Path, # image file
+def load_pil(path, # an image file (str or Path), or its bytes / a binary file object (an upload, a shard member)
              alpha:str='white', # 'white': composite transparent images on white; 'drop': discard the alpha channel
+             name:str|None=None, # the name messages give to bytes or a file object (e.g. the upload's file name)
             ) -> Image.Image:
-    "Read an image file as an RGB PIL image, EXIF orientation applied; `ImageReadError` on any failure."
+    """Read an image as an RGB PIL image, EXIF orientation applied, 16-bit and float scaled, palette and alpha composited
+    on white, CMYK converted; `ImageReadError` on any failure. The one decode path: files, uploads and shard members."""
     if alpha not in ('white', 'drop'): raise ValueError(f"alpha={alpha!r}: use 'white' or 'drop'.")
-    p = Path(path)
-    if not p.exists(): raise ImageReadError(f"{p}: no such file; check the path.")
-    if p.is_dir(): raise ImageReadError(f"{p}: is a folder, not an image file.")
-    if p.stat().st_size == 0: raise ImageReadError(f"{p}: the file is empty (0 bytes); replace or remove it.")
+    if isinstance(path, (bytes, bytearray, memoryview)) or hasattr(path, 'read'):
+        p = Path(name or '<image bytes>')
+        if not hasattr(path, 'read') and len(path) == 0: raise ImageReadError(f"{p}: the image is empty (0 bytes).")
+        src = path if hasattr(path, 'read') else io.BytesIO(bytes(path))
+    else:
+        p = src = Path(path)
+        if not p.exists(): raise ImageReadError(f"{p}: no such file; check the path.")
+        if p.is_dir(): raise ImageReadError(f"{p}: is a folder, not an image file.")
+        if p.stat().st_size == 0: raise ImageReadError(f"{p}: the file is empty (0 bytes); replace or remove it.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            with Image.open(p) as img:
+            with Image.open(src) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img, alpha)
