@@ -244,7 +244,8 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
         return 143 if _TERMINATED else 130
     except Exception as e:
         if os.environ.get('QUALICLIP_DEBUG'): raise
-        print(f"qualiclip {name}: {error_line(e)}\n(set QUALICLIP_DEBUG=1 for the traceback)", file=sys.stderr); return 2
+        hint = '' if isinstance(e, OutputError) else '\n(set QUALICLIP_DEBUG=1 for the traceback)'
+        print(f"qualiclip {name}: {error_line(e)}{hint}", file=sys.stderr); return 2
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     return 143 if _TERMINATED else int(rc or 0)

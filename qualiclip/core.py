@@ -194,7 +194,8 @@ def check_output(path:str|Path, # the output the user named (or a documented def
             if not a.is_dir(): raise OutputError(f"{where}: {a} is a file, not a folder; choose a path that is not under a file.")
             if not os.access(a, os.W_OK | os.X_OK): raise OutputError(f"{where}: the folder {a} cannot be written to; choose another path.")
             break
-    rp = p.resolve()
+    try: rp = p.resolve()
+    except (OSError, RuntimeError): raise OutputError(f"{where}: a symbolic link on this path leads back to itself; fix it or choose another path.") from None
     for i in _flat(inputs):
         try: same = Path(i).resolve() == rp
         except (OSError, RuntimeError, ValueError): same = False

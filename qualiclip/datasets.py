@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_datasets.ipynb #8b2b3ffd
 from __future__ import annotations
-import hashlib, io, json, os, re, shutil, stat, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
+import errno, filecmp, hashlib, http.client, io, json, os, re, shutil, stat, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -16,13 +16,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator
-from .core import writes
+from .core import OutputError, check_output, writes
 
 # %% auto #0
 __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
-           'DownloadError', 'ChecksumError', 'ArchiveError', 'find_file', 'DatasetSpec', 'register', 'get_spec',
-           'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download', 'miniature',
-           'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
+           'DownloadError', 'ChecksumError', 'ArchiveError', 'ConflictError', 'find_file', 'DatasetSpec', 'register',
+           'get_spec', 'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download',
+           'miniature', 'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
 
 # %% ../nbs/06_datasets.ipynb #3ff17ad6
 class DatasetError(ValueError):
@@ -39,6 +39,9 @@ class ChecksumError(DownloadError):
 # %% ../nbs/06_datasets.ipynb #d01ef220
 class ArchiveError(DatasetError):
     "An archive that is damaged, truncated, of unknown format, or holds a member escaping its target folder."
+
+class ConflictError(ArchiveError):
+    "A file or folder already where an archive member or a download would go, with other content; it is kept as it was (exit 2)."
 
 # %% ../nbs/06_datasets.ipynb #f4290073
 def find_file(root:str|Path, # dataset root
@@ -107,6 +110,20 @@ def get_spec(name:str, # a key of `DATASETS`
     if name not in DATASETS: raise DatasetError(f"Unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}.")
     return DATASETS[name]
 
+# %% ../nbs/06_datasets.ipynb #761f13b3
+def _dataset_root(root:str|Path, # the folder the user named for a dataset this call writes
+                  inputs=(), # the call's input paths (see `core.check_output`)
+                  what:str='root', # how the user named it, for messages
+                 ) -> Path:
+    "Check a dataset folder this call writes into, before any work: a symbolic link loop, a broken link or a file there is refused (`OutputError`)."
+    p = Path(root).expanduser()
+    try: os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{what} {root}: a symbolic link on this path leads back to itself (a loop); fix the link "
+                              "or give another folder (nothing was written).") from None
+    return check_output(p, 'folder', inputs, what=what)
+
 # %% ../nbs/06_datasets.ipynb #ebdd2632
 def _need(root:Path, rel:str, name:str) -> Path:
     "Find a metadata file or fail with the expected layout."
@@ -121,6 +138,30 @@ def _need_cols(df:pd.DataFrame, cols:list, f:Path) -> None:
     "Fail clearly when a metadata table lacks expected columns."
     miss = [c for c in cols if c not in df.columns]
     if miss: raise DatasetError(f"{f}: missing column(s) {miss}; found {list(df.columns)}. Is it the owners' original file?")
+
+def _read_csv(f:Path) -> pd.DataFrame:
+    "pandas.read_csv with one clear error naming the file."
+    try: return pd.read_csv(f)
+    except (OSError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DatasetError(f"{f}: cannot read the CSV file ({why}); is it the owners' complete original? Download it again.") from None
+
+def _floats(values, # a metadata column, list or array
+            f:Path, # the file it comes from (named in the error)
+            what:str, # the column or variable, e.g. 'MOS'
+            names=None, # the image names of its rows (named in the error), else entries are numbered
+           ) -> np.ndarray:
+    "A metadata column as floats (empty cells become NaN); text that is no number raises one error naming the file, the column and the rows."
+    raw = pd.Series(np.ravel(np.asarray(values, dtype=object)))
+    v = pd.to_numeric(raw, errors='coerce').astype(float)
+    bad = v.isna() & raw.notna() & (raw.astype(str).str.strip() != '')
+    if bad.any():
+        ix = np.flatnonzero(bad.values)[:3]
+        lab = [str(names.iloc[i] if hasattr(names, 'iloc') else names[i]) if names is not None else f'entry {i + 1}' for i in ix]
+        eg = ', '.join(f"{l} ({raw[i]!r})" for l, i in zip(lab, ix))
+        raise DatasetError(f"{f}: {int(bad.sum())} value(s) of {what} are not numbers, e.g. {eg}; "
+                           "fix those rows of the file (or remove them), then run again.")
+    return v.values
 
 def _need_dir(root:Path, rels:list, name:str) -> Path:
     "The first existing image folder among candidates, or a layout error."
@@ -153,14 +194,15 @@ _SETS = {'training': 'train', 'train': 'train', 'validation': 'val', 'val': 'val
 
 def _parse_koniq(root:Path) -> pd.DataFrame:
     f = _need(root, 'koniq10k_scores_and_distributions.csv', 'koniq10k')
-    df = pd.read_csv(f); _need_cols(df, ['image_name', 'MOS', 'SD'], f)
+    df = _read_csv(f); _need_cols(df, ['image_name', 'MOS', 'SD'], f)
     d = _need_dir(root, ['koniq10k_1024x768/1024x768', '1024x768', 'koniq10k_512x384/512x384', '512x384'], 'koniq10k')
     res = _Resolver(d)
-    out = pd.DataFrame({'path': [res(n) for n in df.image_name], 'mos': df.MOS.astype(float), 'mos_std': df.SD.astype(float)})
-    if 'MOS_zscore' in df: out['MOS_zscore'] = df.MOS_zscore.astype(float).values
+    out = pd.DataFrame({'path': [res(n) for n in df.image_name], 'mos': _floats(df.MOS, f, 'MOS', df.image_name),
+                        'mos_std': _floats(df.SD, f, 'SD', df.image_name)})
+    if 'MOS_zscore' in df: out['MOS_zscore'] = _floats(df.MOS_zscore, f, 'MOS_zscore', df.image_name)
     s = find_file(root, 'koniq10k_distributions_sets.csv')
     if s is not None:
-        sets = pd.read_csv(s); _need_cols(sets, ['image_name', 'set'], s)
+        sets = _read_csv(s); _need_cols(sets, ['image_name', 'set'], s)
         m = dict(zip(sets.image_name.astype(str), sets['set'].astype(str).str.lower().map(_SETS)))
         out['split'] = [m.get(str(n), np.nan) for n in df.image_name]
     return out
@@ -186,9 +228,9 @@ def _parse_clive(root:Path) -> pd.DataFrame:
     fn = _need(root, 'Data/AllImages_release.mat', 'clive'); base = fn.parent.parent
     names = [_matstr(x) for x in np.ravel(_matvar(_loadmat(fn), 'AllImages_release', fn))]
     fm = _need(base, 'Data/AllMOS_release.mat', 'clive')
-    mos = np.ravel(_matvar(_loadmat(fm), 'AllMOS_release', fm)).astype(float)
+    mos = _floats(_matvar(_loadmat(fm), 'AllMOS_release', fm), fm, 'AllMOS_release')
     fs = base/'Data'/'AllStdDev_release.mat'
-    std = np.ravel(_matvar(_loadmat(fs), 'AllStdDev_release', fs)).astype(float) if fs.exists() else np.full(len(mos), np.nan)
+    std = _floats(_matvar(_loadmat(fs), 'AllStdDev_release', fs), fs, 'AllStdDev_release') if fs.exists() else np.full(len(mos), np.nan)
     train = np.array([bool(_CLIVE_TRAIN.match(n)) for n in names])
     if len(mos) == len(names): keep = ~train
     elif len(mos) == (~train).sum():
@@ -213,21 +255,21 @@ register(DatasetSpec(
 # %% ../nbs/06_datasets.ipynb #9fc819a1
 def _parse_flive(root:Path) -> pd.DataFrame:
     f = _need(root, 'labels_image.csv', 'flive')
-    df = pd.read_csv(f)
+    df = _read_csv(f)
     ncol = 'name' if 'name' in df else 'name_image'
     mcol = 'mos' if 'mos' in df else 'mos_image'
     _need_cols(df, [ncol, mcol], f)
     df = df[~df[ncol].astype(str).str.contains('_patch_')].reset_index(drop=True)
     base = f.parent/'database' if (f.parent/'database').is_dir() else f.parent
     if not base.is_dir(): raise DatasetError(f"flive: no database/ folder beside {f}.\nExpected layout:\n{DATASETS['flive'].layout}")
-    out = pd.DataFrame({'path': [base/str(n) for n in df[ncol]], 'mos': df[mcol].astype(float)})
+    out = pd.DataFrame({'path': [base/str(n) for n in df[ncol]], 'mos': _floats(df[mcol], f, mcol, df[ncol])})
     scol = next((c for c in ('set', 'split') if c in df), None)
     if scol: out['split'] = df[scol].astype(str).str.lower().map(_SETS).values
     else:
         test = find_file(f.parent, 'labels640.csv', 1)
         trv = find_file(f.parent, 'labels<=640_padded.csv', 1) or find_file(f.parent, 'labels=640_padded.csv', 1)
         if test is not None and trv is not None:
-            t, v = pd.read_csv(test), pd.read_csv(trv)
+            t, v = _read_csv(test), _read_csv(trv)
             _need_cols(t, ['name_image'], test); _need_cols(v, ['name_image', 'is_valid'], trv)
             tset = set(t.name_image.astype(str))
             vset = set(v.name_image[v.is_valid.astype(str).str.lower().isin(['true', '1'])].astype(str))
@@ -254,9 +296,9 @@ def _parse_spaq(root:Path) -> pd.DataFrame:
     except Exception as e: raise DatasetError(f"{f}: cannot read the Excel file ({e}); download it again.") from None
     _need_cols(df, ['Image name', 'MOS'], f)
     res = _Resolver(_need_dir(f.parent.parent, ['TestImage'], 'spaq'))
-    out = pd.DataFrame({'path': [res(str(n)) for n in df['Image name']], 'mos': df.MOS.astype(float), 'resize_short': 512.})
+    out = pd.DataFrame({'path': [res(str(n)) for n in df['Image name']], 'mos': _floats(df.MOS, f, 'MOS', df['Image name']), 'resize_short': 512.})
     for c in ('Brightness', 'Colorfulness', 'Contrast', 'Noisiness', 'Sharpness'):
-        if c in df: out[c] = df[c].astype(float).values
+        if c in df: out[c] = _floats(df[c], f, c, df['Image name'])
     return out
 
 register(DatasetSpec(
@@ -274,7 +316,7 @@ LIVE_FOLDERS = (('jp2k', 227), ('jpeg', 233), ('wn', 174), ('gblur', 174), ('fas
 def _parse_live(root:Path) -> pd.DataFrame:
     f = _need(root, 'dmos.mat', 'live'); base = f.parent
     d = _loadmat(f)
-    dmos, orgs = np.ravel(_matvar(d, 'dmos', f)).astype(float), np.ravel(_matvar(d, 'orgs', f)).astype(int)
+    dmos, orgs = _floats(_matvar(d, 'dmos', f), f, 'dmos'), _floats(_matvar(d, 'orgs', f), f, 'orgs')
     fr = _need(base, 'refnames_all.mat', 'live')
     refs = [_matstr(x) for x in np.ravel(_matvar(_loadmat(fr), 'refnames_all', fr))]
     entries = [(fo, f'img{i}.bmp') for fo, k in LIVE_FOLDERS for i in range(1, k+1)]
@@ -326,18 +368,20 @@ def _parse_csiq(root:Path) -> pd.DataFrame:
     df = _read_sheet(f, 'all_by_image', 'dst_type')
     _need_cols(df, ['image', 'dst_type', 'dst_lev', 'dmos'], f)
     dst = _need_dir(base, ['dst_imgs', 'dst_imgs_all'], 'csiq'); rs = _Resolver(base/'src_imgs')
+    levs = _floats(df.dst_lev, f, 'dst_lev', df.image)
+    if np.isnan(levs).any(): raise DatasetError(f"{f}: {int(np.isnan(levs).sum())} row(s) have no dst_lev; fill them in (or remove them), then run again.")
     paths, types = [], []
-    for img, t, lev in zip(df.image, df.dst_type, df.dst_lev):
+    for img, t, lev in zip(df.image, df.dst_type, levs):
         t = str(t).strip().lower()
         if t not in CSIQ_TYPES: raise DatasetError(f"{f}: unknown dst_type {t!r}; expected one of {list(CSIQ_TYPES)}.")
         folder, tag = CSIQ_TYPES[t]
         img = str(img).strip(); img = img[:-2] if img.endswith('.0') else img
         sub = dst/folder if (dst/folder).is_dir() else dst
         paths.append(_Resolver(sub)(f'{img}.{tag}.{int(lev)}.png')); types.append(t)
-    return pd.DataFrame({'path': paths, 'mos': df.dmos.astype(float).values,
-                         'mos_std': df.dmos_std.astype(float).values if 'dmos_std' in df else np.nan,
+    return pd.DataFrame({'path': paths, 'mos': _floats(df.dmos, f, 'dmos', df.image),
+                         'mos_std': _floats(df.dmos_std, f, 'dmos_std', df.image) if 'dmos_std' in df else np.nan,
                          'ref': [rs(f'{str(i).strip().removesuffix(".0")}.png') for i in df.image],
-                         'dist_type': types, 'dist_level': df.dst_lev.astype(float).values})
+                         'dist_type': types, 'dist_level': levs})
 
 register(DatasetSpec(
     'csiq', 'CSIQ', 'synthetic', [('CSIQ.zip', None, None)],
@@ -357,11 +401,11 @@ def _parse_tid2013(root:Path) -> pd.DataFrame:
     bad = [i+1 for i, r in enumerate(rows) if len(r) != 2 or not _TID_NAME.match(r[1])]
     if bad: raise DatasetError(f"{f}: line(s) {bad[:5]} are not '<mos> <name>' with names like i01_01_1.bmp.")
     fs = base/'mos_std.txt'
-    std = [float(l) for l in fs.read_text().split()] if fs.exists() else [np.nan]*len(rows)
+    std = _floats(fs.read_text().split(), fs, 'the standard deviations') if fs.exists() else [np.nan]*len(rows)
     if len(std) != len(rows): raise DatasetError(f"{fs}: {len(std)} values, expected {len(rows)} like {f}.")
     rd, rr = _Resolver(_need_dir(base, ['distorted_images'], 'tid2013')), _Resolver(base/'reference_images')
     m = [_TID_NAME.match(n).groups() for _, n in rows]
-    return pd.DataFrame({'path': [rd(n) for _, n in rows], 'mos': [float(v) for v, _ in rows], 'mos_std': std,
+    return pd.DataFrame({'path': [rd(n) for _, n in rows], 'mos': _floats([v for v, _ in rows], f, 'MOS', [n for _, n in rows]), 'mos_std': std,
                          'ref': [rr(f'I{r}.BMP') for r, _, _ in m],
                          'dist_type': [int(t) for _, t, _ in m], 'dist_level': [float(l) for _, _, l in m]})
 
@@ -379,12 +423,12 @@ register(DatasetSpec(
 _KADID_NAME = re.compile(r'^I(\d+)_(\d+)_(\d+)\.\w+$', re.I)
 
 def _parse_kadid(root:Path) -> pd.DataFrame:
-    f = _need(root, 'dmos.csv', 'kadid10k'); df = pd.read_csv(f)
+    f = _need(root, 'dmos.csv', 'kadid10k'); df = _read_csv(f)
     _need_cols(df, ['dist_img', 'ref_img', 'dmos'], f)
     res = _Resolver(_need_dir(f.parent, ['images'], 'kadid10k'))
     m = [_KADID_NAME.match(str(n)) for n in df.dist_img]
-    return pd.DataFrame({'path': [res(n) for n in df.dist_img], 'mos': df.dmos.astype(float),
-                         'mos_std': np.sqrt(df['var'].astype(float)) if 'var' in df else np.nan,
+    return pd.DataFrame({'path': [res(n) for n in df.dist_img], 'mos': _floats(df.dmos, f, 'dmos', df.dist_img),
+                         'mos_std': np.sqrt(_floats(df['var'], f, 'var', df.dist_img)) if 'var' in df else np.nan,
                          'ref': [res(n) for n in df.ref_img],
                          'dist_type': [int(x.group(2)) if x else np.nan for x in m],
                          'dist_level': [float(x.group(3)) if x else np.nan for x in m]})
@@ -400,11 +444,11 @@ register(DatasetSpec(
 
 # %% ../nbs/06_datasets.ipynb #0a31275c
 def _parse_agiqa(root:Path) -> pd.DataFrame:
-    f = _need(root, 'data.csv', 'agiqa3k'); df = pd.read_csv(f)
+    f = _need(root, 'data.csv', 'agiqa3k'); df = _read_csv(f)
     _need_cols(df, ['name', 'mos_quality'], f)
     res = _Resolver(_need_dir(f.parent, ['AGIQA-3K', 'AGIQA-3k', 'images'], 'agiqa3k'))
-    out = pd.DataFrame({'path': [res(n) for n in df.name], 'mos': df.mos_quality.astype(float),
-                        'mos_std': df.std_quality.astype(float) if 'std_quality' in df else np.nan,
+    out = pd.DataFrame({'path': [res(n) for n in df.name], 'mos': _floats(df.mos_quality, f, 'mos_quality', df.name),
+                        'mos_std': _floats(df.std_quality, f, 'std_quality', df.name) if 'std_quality' in df else np.nan,
                         'dist_type': [str(n).split('_')[0] for n in df.name]})
     for c in ('mos_align', 'std_align', 'prompt'):
         if c in df: out[c] = df[c].values
@@ -418,6 +462,8 @@ def _parse_pipal(root:Path) -> pd.DataFrame:
             if l.strip():
                 p = [s.strip() for s in l.split(',')]
                 if len(p) != 2: raise DatasetError(f"{t}: line {l!r} is not '<name>,<score>'.")
+                try: float(p[1])
+                except ValueError: _floats([p[1]], t, 'the score', [p[0]])   # one error naming the file and image
                 rows.append(p)
     if not rows: raise DatasetError(f"{d}: no label lines in *.txt files.")
     rd, rr = _Resolver(_need_dir(d.parent, ['Train_Dis'], 'pipal')), _Resolver(d.parent/'Train_Ref')
@@ -456,10 +502,10 @@ register(DatasetSpec(
 def _parse_demo(root:Path) -> pd.DataFrame:
     f = Path(root)/'demo_scores.csv'
     if not f.exists(): raise DatasetError(f"demo: {f} not found; build it with `qualiclip prepare demo --root {root}`.")
-    df = pd.read_csv(f); _need_cols(df, ['image', 'ref', 'dist_type', 'dist_level', 'mos'], f)
-    return pd.DataFrame({'path': [Path(root)/n for n in df.image], 'mos': df.mos.astype(float),
+    df = _read_csv(f); _need_cols(df, ['image', 'ref', 'dist_type', 'dist_level', 'mos'], f)
+    return pd.DataFrame({'path': [Path(root)/n for n in df.image], 'mos': _floats(df.mos, f, 'mos', df.image),
                          'ref': [Path(root)/n for n in df.ref], 'dist_type': df.dist_type.values,
-                         'dist_level': df.dist_level.astype(float).values})
+                         'dist_level': _floats(df.dist_level, f, 'dist_level', df.image)})
 
 register(DatasetSpec(
     'demo', 'Demo (package photos degraded by the engine)', 'demo', [],
@@ -564,20 +610,63 @@ def _check_member(name:str, tmp:Path, archive:Path) -> None:
     if '..' in PurePosixPath(n).parts or not (tmp/n).resolve().is_relative_to(tmp.resolve()):
         raise ArchiveError(f"{archive}: member {name!r} would be written outside the target folder; refusing to unpack.")
 
-def _merge_move(src:Path, dst:Path, archive:Path|None=None) -> None:
-    "Move src onto dst, merging folders; a file never replaces a folder (nothing already there is deleted)."
-    if dst.is_dir() and src.is_dir() and not src.is_symlink():
-        for c in src.iterdir(): _merge_move(c, dst/c.name, archive)
+def _place(src:Path, # a file or link to put in place
+           dst:Path, # where it goes
+          ) -> bool:
+    "Put `src` at `dst` only if nothing is there (a hard link, else an exclusive copy); False when something is."
+    try: os.link(src, dst, follow_symlinks=False); return True
+    except FileExistsError: return False
+    except OSError: pass                     # another file system, or one without hard links: copy instead
+    if src.is_symlink():
+        try: os.symlink(os.readlink(src), dst); return True
+        except FileExistsError: return False
+    try: out = open(dst, 'xb')               # created by this call, or not at all
+    except FileExistsError: return False
+    try:
+        with out, open(src, 'rb') as f: shutil.copyfileobj(f, out, 1 << 20)
+        shutil.copystat(src, dst)
+    except BaseException:
+        dst.unlink(); raise                  # the partial copy this call created
+    return True
+
+def _same_file(src:Path, dst:Path) -> bool:
+    "Whether `dst` already holds what `src` holds: the same bytes, or a link with the same target."
+    if src.is_symlink(): return dst.is_symlink() and os.readlink(src) == os.readlink(dst)
+    return dst.is_file() and filecmp.cmp(src, dst, shallow=False)
+
+def _merge_move(src:Path, # an entry of the temporary folder an archive was unpacked into
+                dst:Path, # where it goes
+                tmp:Path, # that temporary folder (member names are relative to it)
+                clashes:list, # gets (existing path, member name, how they differ) for everything kept as it was
+               ) -> None:
+    "Move an unpacked entry into place, never replacing anything: folders merge, identical files are skipped, anything else already there is kept and noted."
+    member = src.relative_to(tmp).as_posix()
+    is_dir = src.is_dir() and not src.is_symlink()
+    if is_dir and not os.path.lexists(dst):
+        try: os.rename(src, dst); return     # a whole new folder (rename never replaces a file or a non-empty folder)
+        except OSError as e:
+            if e.errno != errno.EXDEV and not os.path.lexists(dst): raise
+        if not os.path.lexists(dst): os.mkdir(dst)   # another file system: merge it entry by entry
+    if is_dir:
+        if not dst.is_dir(): clashes.append((dst, member, 'is a folder where the root has a file')); return
+        for c in sorted(src.iterdir()): _merge_move(c, dst/c.name, tmp, clashes)
         return
-    if dst.is_dir() and not dst.is_symlink():
-        raise ArchiveError(f"{archive or src}: the member {src.name!r} is a file where {dst} is a folder; nothing of that "
-                           "folder was touched. Move the folder away (or unpack the archive elsewhere) and run again.")
-    os.replace(src, dst)
+    if _place(src, dst): return
+    if dst.is_dir() and not dst.is_symlink(): clashes.append((dst, member, 'is a file where the root has a folder'))
+    elif not _same_file(src, dst): clashes.append((dst, member, 'differs from the file already there'))
+
+def _clash_error(archive:Path, dest:Path, clashes:list) -> ConflictError:
+    "One error naming each member that met something of the user's (kept as it was) and what to do."
+    eg = '; '.join(f"the member {m!r} {how} ({p})" for p, m, how in clashes[:3])
+    more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ''
+    return ConflictError(f"{archive}: {len(clashes)} member(s) meet what is already under {dest}, which was kept as it was: "
+                         f"{eg}{more}. Everything else was unpacked. Compare them; to take the archive's version, move "
+                         "yours away and run again.")
 
 def safe_extract(archive:str|Path, # a .zip or tar archive
                  dest:str|Path, # folder to unpack into
                 ) -> list[str]:
-    "Unpack an archive safely into `dest` (all or nothing) and return its top-level entries."
+    "Unpack an archive safely into `dest` (nothing from a damaged one; never replacing what is there) and return its top-level entries."
     archive, dest = Path(archive), Path(dest); dest.mkdir(parents=True, exist_ok=True)
     n = archive.name.lower()
     if n.endswith('.rar'): raise ArchiveError(f"{archive}: RAR archives are not unpacked here; unpack it by hand "
@@ -608,17 +697,18 @@ def safe_extract(archive:str|Path, # a .zip or tar archive
                         raise ArchiveError(f"{archive}: member {m.name!r} is a device or special file; refusing.")
                 t.extractall(tmp, members=members, filter='data')
     except ArchiveError:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True); raise   # (tmp: the temporary folder this call created; nothing was moved out yet)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)          # (the same temporary folder)
         raise ArchiveError(f"{archive}: damaged or incomplete archive ({type(e).__name__}: {e}); nothing was unpacked. "
                            "Delete it and download it again.") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    tops = sorted(c.name for c in tmp.iterdir())
+        shutil.rmtree(tmp, ignore_errors=True); raise   # (the same temporary folder)
+    tops, clashes = sorted(c.name for c in tmp.iterdir()), []
     try:
-        for c in tops: _merge_move(tmp/c, dest/c, archive)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        for c in tops: _merge_move(tmp/c, dest/c, tmp, clashes)
+    finally: shutil.rmtree(tmp, ignore_errors=True)     # what is left there: copies of files already in place, or kept out
+    if clashes: raise _clash_error(archive, dest, clashes)
     return tops
 
 # %% ../nbs/06_datasets.ipynb #3d3ed003
@@ -639,15 +729,50 @@ def _local_source(url:str) -> Path|None:
     if u.scheme in ('', ) or (len(u.scheme) == 1 and url[1:3] == ':\\'): return Path(url)
     return None
 
+def _file_type(name:str) -> str:
+    "What a source file is, from its name, for messages: 'ZIP archive', 'CSV file', ..."
+    n = str(name).lower()
+    if n.endswith('.zip'): return 'ZIP archive'
+    if is_archive(n): return 'tar archive'
+    for suf, what in (('.rar', 'RAR archive'), ('.csv', 'CSV file'), ('.mat', 'MATLAB file'), ('.xlsx', 'Excel file')):
+        if n.endswith(suf): return what
+    return 'file'
+
+def _invalid(path:str|Path, # a downloaded or placed source file
+             name:str|None=None, # the name that tells its type (default: the path's)
+            ) -> str|None:
+    "Why a source file cannot be what its name says (an archive that does not list, a CSV or MAT file that does not load), or None."
+    path = Path(path); n = str(name or path.name).lower()
+    try:
+        if n.endswith('.zip'):
+            with zipfile.ZipFile(path) as z: z.infolist()
+        elif is_archive(n):
+            with tarfile.open(path) as t: t.getmembers()
+        elif n.endswith('.rar'):
+            with open(path, 'rb') as f:
+                if f.read(4) != b'Rar!': return 'no RAR signature'
+        elif n.endswith('.csv'):
+            with open(path, 'rb') as f: head = f.read(512).lstrip()
+            if head[:1] == b'<': return 'an HTML or XML page, not a table'
+            pd.read_csv(path)
+        elif n.endswith('.mat'): sio.loadmat(path)
+        elif n.endswith('.xlsx'): pd.read_excel(path, sheet_name=None)
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return None
+
 def fetch(url:str, # http(s) or file:// URL, or a local path
-          dest:str|Path, # destination file
+          dest:str|Path, # destination file (must not exist: a file there is never replaced)
           sha256:str|None=None, # expected SHA-256 (None: not checked here)
           progress:bool=True, # show a tqdm progress bar
           timeout:float=30., # seconds to wait for the server before giving up
           chunk:int=1<<20, # bytes per read
          ) -> Path:
-    "Download `url` to `dest`, resuming a previous `.part`, verifying `sha256` when given."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    "Download `url` to a new file `dest`, resuming a previous `.part`, checking the announced length and `sha256` when given."
+    dest = Path(dest)
+    if os.path.lexists(dest):
+        raise ConflictError(f"{dest} already exists; a download never replaces a file: move it away (or delete it) to fetch {url} again.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
     start = part.stat().st_size if part.exists() else 0
     src, total = None, None
@@ -665,23 +790,31 @@ def fetch(url:str, # http(s) or file:// URL, or a local path
                 src = io.BytesIO(b'')
             if start and getattr(src, 'status', 206) != 206: start = 0
             n = getattr(src, 'headers', {}).get('Content-Length')
-            total = start + int(n) if n else None
+            total = start + int(n) if n and n.strip().isdigit() else None
         with open(part, 'ab' if start else 'wb') as f, tqdm(total=total, initial=start, unit='B', unit_scale=True,
                                                              desc=dest.name, disable=not progress, leave=False) as bar:
             while b := src.read(chunk):
                 f.write(b); bar.update(len(b))
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError, http.client.HTTPException) as e:
         reason = f'HTTP {e.code} {e.reason}' if isinstance(e, urllib.error.HTTPError) else getattr(e, 'reason', None) or e
-        raise DownloadError(f"Could not fetch {url} ({reason}).") from None
+        raise DownloadError(f"Could not fetch {url} ({type(e).__name__ if not str(reason) else reason}).") from None
     finally:
         if src is not None: src.close()
+    got = part.stat().st_size
+    if total is not None and got != total:      # the server announced more (or fewer) bytes than it sent
+        if got > total: part.unlink()            # (nothing to resume from)
+        raise DownloadError(f"Could not fetch {url}: received {got} of the {total} bytes announced; {dest} was not written. "
+                            "Run again" + (f" (it resumes from {part.name})." if got < total else "."))
     if sha256:
         got = sha256sum(part)
         if got != sha256.lower():
             part.unlink()
             raise ChecksumError(f"{dest.name}: checksum mismatch (expected {sha256}, got {got}); the download was removed. "
                                 "Try again; if it persists the source changed: check the pinned checksum.")
-    os.replace(part, dest)
+    if not _place(part, dest):                   # something appeared at dest meanwhile: it is kept
+        raise ConflictError(f"{dest} appeared while {url} was downloading; it was kept, and the download stays in {part.name}: "
+                            "compare them, and move yours away to use the download.")
+    part.unlink()
     return dest
 
 # %% ../nbs/06_datasets.ipynb #6a618ebd
@@ -702,6 +835,19 @@ def _read_lock(root:Path) -> dict:
 def _write_lock(root:Path, d:dict) -> None:
     with atomic_path(Path(root)/LOCK_NAME) as t: t.write_text(json.dumps(d, indent=1, sort_keys=True) + '\n')
 
+def _wanted(spec:DatasetSpec, root:Path, fn:str, lock:dict, loads:bool) -> bool:
+    "Whether a source still has to be fetched or unpacked: an archive until the dataset loads, a plain file (an optional one too) until what it holds is there."
+    if fn in lock['extracted']: return False                      # verified and unpacked by an earlier run
+    if is_archive(fn) or fn.lower().endswith('.rar'): return not loads
+    return not loads or any(find_file(root, t) is None for t in spec.contents.get(fn, [fn]))
+
+def _aside(p:Path) -> Path:
+    "Move a file to a new name beside it (`<name>.invalid`, `<name>.invalid-2`, ...), never replacing anything."
+    for k in range(1, 1000):
+        q = p.with_name(p.name + ('.invalid' if k == 1 else f'.invalid-{k}'))
+        if _place(p, q): p.unlink(); return q
+    raise DatasetError(f"{p}: no free name beside it to move it out of the way; move it away and run again.")
+
 def download(name:str, # a key of `DATASETS`
              root:str|Path, # the dataset's root folder (created if needed)
              progress:bool=True, # show progress bars
@@ -710,29 +856,42 @@ def download(name:str, # a key of `DATASETS`
              timeout:float=30., # seconds to wait for a server
              delete_archives:bool=False, # delete the archives this call downloaded once the dataset they unpack to verifies
             ) -> Path:
-    "Fetch, verify and safely unpack a dataset's sources into `root`; one clear error lists what must be fetched by hand."
-    spec = get_spec(name); root = Path(root).expanduser()
+    "Fetch, verify and safely unpack a dataset's sources into `root`, writing only what is missing; one clear error lists what must be fetched by hand."
+    spec = get_spec(name)
     if name == 'demo': return build_demo_dataset(root)
-    root.mkdir(parents=True, exist_ok=True)
-    try:                                                   # already in place (unpacked earlier or by hand)?
+    root = _dataset_root(root); root.mkdir(parents=True, exist_ok=True)
+    lock = _read_lock(root)
+    try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            if len(load_dataset(name, root)): return root
-    except DatasetError: pass
+            warnings.simplefilter('ignore'); loads = len(load_dataset(name, root)) > 0
+    except DatasetError: loads = False
+    todo = [s for s in spec.sources if _wanted(spec, root, s[0], lock, loads)]
+    if not todo: return root                       # in place (unpacked earlier or by hand), optional files included
     free = shutil.disk_usage(root).free / 1e9
     if progress: print(f"{spec.title}: needs {DISK_SPACE.get(name, 'an unknown amount of')} of disk; {free:.1f} GB free at {root}.", file=sys.stderr)
-    lock, failed, fetched = _read_lock(root), [], []
-    for fn, url, sha in spec.sources:
+    failed, fetched = [], []
+    for fn, url, sha in todo:
         url = (urls or {}).get(fn, url); sha = (checksums or {}).get(fn, sha)
-        dest = root/fn
-        if fn in lock['extracted']: continue        # verified and unpacked by an earlier run
-        if not dest.exists():
+        dest, arch = root/fn, is_archive(fn) or fn.lower().endswith('.rar')
+        recorded = lock['sha256'].get(fn)
+        if dest.is_symlink() and not dest.exists():
+            raise DatasetError(f"{dest} is a broken symbolic link; fix it or remove it, then run again (nothing was written there).")
+        if not arch and dest.is_file() and (why := _invalid(dest)):
+            if recorded != sha256sum(dest):
+                raise DatasetError(f"{dest} is not a valid {_file_type(fn)} ({why}); it was not downloaded here, so it is kept as "
+                                   "it is: fix it, or move it away and run again to download it.")
+            old = _aside(dest); del lock['sha256'][fn]; _write_lock(root, lock); recorded = None
+            print(f"note: {dest}, recorded by an earlier download, is not a valid {_file_type(fn)} ({why}); "
+                  f"moved to {old.name}, downloading it again.", file=sys.stderr)
+        if not os.path.lexists(dest):
             if url is None: failed.append((fn, 'no direct public link: fetch it by hand')); continue
-            try: fetch(url, dest, sha, progress=progress, timeout=timeout); fetched.append(dest)
+            try: fetch(url, dest, sha, progress=progress, timeout=timeout)
             except ChecksumError: raise
             except DownloadError as e: failed.append((fn, str(e))); continue
-        arch = is_archive(fn) or fn.lower().endswith('.rar')
-        recorded = lock['sha256'].get(fn)
+            if not arch and (why := _invalid(dest)):    # checked before its checksum is ever recorded
+                dest.unlink()                           # (the file this call just fetched)
+                failed.append((fn, f"{url} sent no valid {_file_type(fn)} ({why}); it was not kept")); continue
+            fetched.append(dest)
         if arch and recorded: recorded = None   # an archive's checksum counts once it unpacked (earlier versions recorded it before)
         known, got = sha or recorded, sha256sum(dest)
         if known and got != known.lower():
@@ -926,10 +1085,10 @@ def miniature(name:str, # a key of `DATASETS`
               size:tuple=(48, 64), # (height, width) of its images (NIQE needs at least 96 px per side)
              ) -> Path:
     "Write a tiny copy of a dataset in its owners' real layout and metadata formats; built atomically."
-    get_spec(name); root = Path(root)
+    get_spec(name); root = _dataset_root(root)
+    if root.is_symlink(): root = Path(os.path.realpath(root))   # built in the folder the link points to; the link stays
     if root.exists() and any(root.iterdir()): raise DatasetError(f"{root} is not empty; give a new folder for the miniature.")
     if n < 1: raise ValueError(f"n={n}: need at least one image.")
-    if root.exists(): root.rmdir()
     with atomic_path(root) as tmp:
         tmp.mkdir()
         if name == 'demo':
@@ -997,13 +1156,13 @@ def build_demo_dataset(root:str|Path, # folder to write (replaced atomically whe
                        overwrite:bool=False, # rebuild even when `demo_scores.csv` is already there
                       ) -> Path:
     "Build the demo benchmark: held-out package photos degraded at every type and level, with pseudo-scores."
-    root = Path(root)
+    root = _dataset_root(root)
+    if root.is_symlink(): root = Path(os.path.realpath(root))   # built in the folder the link points to; the link stays
     if (root/'demo_scores.csv').exists() and not overwrite: return root
     if root.is_dir() and any(root.iterdir()) and not (root/'demo_scores.csv').exists():
         raise DatasetError(f"{root} is not empty and holds no demo dataset; nothing was written. "
                            "Give a new or empty folder for the demo dataset.")
-    if root.is_dir() and not any(root.iterdir()): root.rmdir()
-    with atomic_path(root) as tmp:
+    with atomic_path(root) as tmp:                              # (it takes the place of an empty folder)
         tmp.mkdir(); _build_demo(tmp, split, seed, size, types)
     return root
 
@@ -1038,7 +1197,7 @@ def _read_checksums(f:str|None) -> dict|None:
         raise DatasetError(f"{p}: expected a mapping of source file names to 64-hex-digit SHA-256 values.")
     return d
 
-@writes(inputs=('checksums',), root='folder')
+@writes(inputs=('checksums',))   # --root is checked by the command itself: only `demo` and --download write into it
 def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive`, `spaq`, `live`, `csiq`, `tid2013`, `kadid10k`, `agiqa3k`, `pipal`, `kadis700k`)
                 root:str, # the dataset's root folder
                 download:bool=False, # fetch, verify and unpack the sources first (needs network access)
@@ -1050,9 +1209,12 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
     "Build the demo dataset, or download (if asked) and verify a benchmark dataset; print a summary."
     try:
         spec = get_spec(dataset)
+        if dataset == 'demo' or download: _dataset_root(root, [checksums] if checksums else ())   # before any work
         if dataset == 'demo': build_demo_dataset(root, seed=seed, size=size)
         elif download: globals()['download'](dataset, root, checksums=_read_checksums(checksums), delete_archives=delete_archives)
         r = verify(dataset, root)
+    except ConflictError as e:          # something of the user's is in the way: kept, and the exit code says so
+        print(f"prepare {dataset}: {e}", file=sys.stderr); return 2
     except DatasetError as e:
         print(f"prepare {dataset}: {e}", file=sys.stderr); return 1
     split = ', '.join(f'{k} {v}' for k, v in r['official_split'].items()) or 'none (make_splits gives 10 seeded 70/10/20 splits)'
