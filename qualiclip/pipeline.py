@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e001
 from __future__ import annotations
-import json, os, shutil, sys, zipfile
+import json, os, shutil, sys, tempfile, zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -14,18 +14,73 @@ import pandas as pd
 from .datasets import DISK_SPACE, read_index, write_index   # the index files: `qualiclip.datasets`
 from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, resolve, seed_everything, write_demo_photos
 from .train import train_config   # a profile's training settings: `qualiclip.train`
-from .core import writes
+from .core import OutputError, check_output, file_kind, output_folder, writes
 
 # %% auto #0
-__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'Input', 'profile_inputs', 'check_cmd', 'pool_archive_members', 'unpack_pool',
-           'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params', 'standin_cmd',
-           'index_cmd', 'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd',
-           'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
+__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'check_profile', 'Input', 'profile_inputs', 'check_cmd', 'pool_archive_members',
+           'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params',
+           'standin_cmd', 'index_cmd', 'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd',
+           'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #07db67fe
+_PROFILE_TYPES = {   # key -> what it must hold (None, i.e. an empty value, is always allowed: the default applies)
+    'profile': 'text', 'seed': 'int', 'device': 'text', 'ablations_dir': 'path', 'ablations': 'sections', 'paper': 'sections',
+    'prompts': 'section', 'pristine': 'section', 'pristine.demo_dir': 'path', 'pristine.pool_archive': 'path',
+    'model': 'section', 'model.backbone': 'text', 'model.start': 'files', 'model.init_dir': 'path',
+    'prepare': 'section', 'prepare.root': 'path', 'prepare.index': 'path', 'prepare.pools': 'files', 'prepare.pool_dep': 'path',
+    'prepare.generated': 'names', 'prepare.datasets': 'names',
+    'train': 'section', 'train.pristine': 'path', 'train.val_pristine': 'path', 'train.out': 'path',
+    'evaluate': 'section', 'evaluate.out': 'path', 'evaluate.split': 'text', 'evaluate.datasets': 'names',
+    'evaluate.niqe_params': 'path', 'evaluate.released': 'files', 'evaluate.released_datasets': 'names',
+    'evaluate.batch_size': 'int', 'evaluate.workers': 'int', 'evaluate.niqe_processes': 'int', 'evaluate.precision': 'text',
+}
+_PAPER_PATHS = ('out_md', 'out_png', 'out_dir', 'out_csv', 'out_metrics')   # paper.<name>.<key>: the paper notebooks' output paths
+_EXAMPLES = {'model.start': 'openai: data/weights/RN50.pt` or `random: qualiclip/model.py',
+             'evaluate.released': 'released: data/released/qualiclip.pth', 'prepare.pools': 'kadis700k: data/kadis700k/ref_imgs'}
+_DUE = {'section': 'a mapping of keys (a section, as in params.yaml)', 'sections': 'a mapping of names to sections',
+        'files': 'a mapping of names to paths', 'names': 'a list of names, e.g. [koniq10k, live]',
+        'path': 'a path (text)', 'text': 'text', 'int': 'a whole number'}
+
+def _held(v) -> str:
+    "A YAML value and its type, in words."
+    t = {dict: 'a mapping', list: 'a list', str: 'text', bool: 'true/false', int: 'a number', float: 'a number'}.get(type(v), type(v).__name__)
+    r = repr(v); return f"{r[:60] + '...' if len(r) > 60 else r} ({t})"
+
+def _type_ok(v, tag:str, key:str) -> bool:
+    "Whether a value holds what `tag` asks for."
+    if v is None: return True
+    if tag in ('text', 'path'): return isinstance(v, str) or (tag == 'text' and isinstance(v, (int, float)) and not isinstance(v, bool))
+    if tag == 'int': return isinstance(v, int) and not isinstance(v, bool)
+    if tag == 'names': return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    if tag == 'section': return isinstance(v, dict)
+    if tag == 'sections': return isinstance(v, dict) and all(x is None or isinstance(x, dict) for x in v.values())
+    if tag == 'files': return isinstance(v, dict) and all(isinstance(f, str) or (k == 'random' and key == 'model.start') for k, f in v.items())
+    raise ValueError(f"unknown profile type {tag!r}")
+
+def check_profile(p:dict, # a loaded profile
+                  src:str='the params', # where it came from, for messages (the file name)
+                 ) -> dict:
+    "The profile itself when every section and value this module reads has its type; else a `ValueError` naming the key."
+    def bad(key, v, tag):
+        eg = f", e.g. `{_EXAMPLES[key]}`" if key in _EXAMPLES else ''
+        return ValueError(f"{src}: {key} is {_held(v)}; it must be {_DUE[tag]}{eg}. Fix it in the params file (params.yaml shows each section).")
+    for key, tag in _PROFILE_TYPES.items():
+        sec, _, sub = key.partition('.')
+        if sub and not isinstance(p.get(sec), dict): continue   # an empty section (a wrong one is named by its own key)
+        v = p[sec].get(sub) if sub else p.get(sec)
+        if not _type_ok(v, tag, key):
+            if tag in ('sections', 'files') and isinstance(v, dict):   # name the entry at fault
+                k, x = next((k, x) for k, x in v.items() if not _type_ok({k: x}, tag, key))
+                raise bad(f"{key}.{k}", x, 'section' if tag == 'sections' else 'path')
+            raise bad(key, v, tag)
+    for name, sec in (p.get('paper') or {}).items():
+        for k in _PAPER_PATHS:
+            if isinstance(sec, dict) and not _type_ok(sec.get(k), 'path', k): raise bad(f"paper.{name}.{k}", sec[k], 'path')
+    return p
+
 def _params(params:str|dict) -> dict:
-    "A params dict from a file name or a dict."
-    return params if isinstance(params, dict) else load_params(params)
+    "A params dict from a file name or a dict, its section types checked (`check_profile`)."
+    return check_profile(params) if isinstance(params, dict) else check_profile(load_params(params), str(params))
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e003
 NIQE_RELEASE = 'https://live.ece.utexas.edu/research/quality/niqe_release.zip'
@@ -44,8 +99,36 @@ class Input:
 # %% ../nbs/13_pipeline.ipynb #55f7f353
 def _is_demo_path(p, params) -> bool:
     "Whether a path lies in what the pipeline writes itself (the demo photos)."
-    d = str((params.get('pristine') or {}).get('demo_dir', 'data/pristine')).rstrip('/')
+    d = str((params.get('pristine') or {}).get('demo_dir') or 'data/pristine').rstrip('/')
     return str(p) == d or str(p).startswith(d + '/')
+
+def _dangling(path:Path) -> str:
+    "'' or, for a symbolic link to nothing, a note naming where it points and what to do."
+    if not (path.is_symlink() and not path.exists()): return ''
+    return (f"a symbolic link to {os.readlink(path)}, which does not exist: create what it points to, "
+            "or remove the link")
+
+_FILE_KINDS = {'checkpoint': ({'zip', 'pickle'}, 'a PyTorch checkpoint'), 'mat': ({'mat'}, 'a MATLAB .mat file')}
+
+def _file_problem(path:Path, # a file a profile needs
+                  kind:str, # 'checkpoint' (TorchScript or torch.save) or 'mat'
+                 ) -> str:
+    "'' when the file looks usable, else what is wrong with it (empty, truncated, of another kind)."
+    if not path.is_file(): return _dangling(path) or ('a folder, not a file' if path.is_dir() else '')
+    kinds, what = _FILE_KINDS[kind]
+    try: k = file_kind(path)
+    except OSError as e: return f"cannot be read ({e.strerror or e})"
+    if k == 'empty': return "an empty file (0 bytes; an interrupted download?): download it again"
+    if k not in kinds: return f"holds {k}, not {what}: replace it with the real file"
+    if k == 'zip' and not zipfile.is_zipfile(path):
+        return (f"a truncated archive ({path.stat().st_size} bytes, no zip directory at its end; an interrupted "
+                "download?): download it again")
+    return ''
+
+def _file_input(what:str, path:str, kind:str, action:str, space:str) -> Input:
+    "An input file, present only when it looks usable (`_file_problem`)."
+    f = resolve(path); problem = _file_problem(f, kind)
+    return Input(what, path, f.is_file() and not problem, action, space, f"{path}: {problem}" if problem else '')
 
 def _dataset_input(name:str, root:str) -> Input:
     from qualiclip.datasets import DatasetError, get_spec, load_dataset
@@ -59,6 +142,7 @@ def _dataset_input(name:str, root:str) -> Input:
             present = len(df) > 0 and n_abs == 0
             if not present: note = f"{n_abs} of {len(df)} listed images are absent: finish unpacking."
         except (DatasetError, OSError, ValueError) as e: note = f"not in the owners' layout: {str(e).splitlines()[0]}"
+    elif _dangling(r): note = f"{root} is {_dangling(r)}"
     auto = bool(spec.sources) and all(url for _, url, _ in spec.sources)
     act = (f"qualiclip prepare {name} {root} --download" if auto else
            f"get it from {spec.homepage} (the owners' form or page) and unpack it into {root}/ so that it reads:\n{spec.layout}")
@@ -68,7 +152,7 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
                   ) -> list[Input]:
     "Every input the profile needs from its user, each with its documented path and whether it is there."
     p = _params(params); out = []
-    prep = p.get('prepare') or {}; root = str(prep.get('root', 'data/datasets')).rstrip('/')
+    prep = p.get('prepare') or {}; root = str(prep.get('root') or 'data/datasets').rstrip('/')
     generated = set(prep.get('generated') or [])
     for name in prep.get('datasets') or []:
         if name not in generated: out.append(_dataset_input(name, f"{root}/{name}"))
@@ -78,31 +162,33 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
         folder = resolve(pool)
         has = folder.is_dir() and any(folder.iterdir())
         waiting = not has and arc and resolve(arc).is_file()
+        note = (f"{arc} is here: `qualiclip unpack` unpacks its ref_imgs/ (make repro does)" if waiting else
+                f"{pool} is {_dangling(folder)}" if _dangling(folder) else '')
         out.append(Input('KADIS-700k pristine images (training pool)', str(pool), bool(has or waiting),
                          f"dvc update data.dvc (the archive to {arc}; `qualiclip unpack` then unpacks ref_imgs/ only), "
                          f"or `qualiclip prepare kadis700k {Path(pool).parent} --download`, "
                          f"or unpack the archive's ref_imgs/ into {pool}/ yourself",
-                         DISK_SPACE['kadis700k'], f"{arc} is here: `qualiclip unpack` unpacks its ref_imgs/ (make repro does)" if waiting else ''))
+                         DISK_SPACE['kadis700k'], note))
     start = (p.get('model') or {}).get('start') or {}
     for tag, f in start.items():
         if tag == 'random': continue
         url = ''
         try:
             import open_clip
-            url = open_clip.get_pretrained_cfg((p.get('model') or {}).get('backbone', 'RN50-quickgelu'), tag).get('url', '')
+            url = open_clip.get_pretrained_cfg((p.get('model') or {}).get('backbone') or 'RN50-quickgelu', tag).get('url', '')
         except Exception: pass
-        out.append(Input(f"CLIP starting weights ({tag})", str(f), resolve(f).is_file(),
-                         f"download OpenAI's weights{' (' + url + ')' if url else ''} to {f}, e.g. "
-                         f"`mkdir -p {Path(f).parent} && curl -L -o {f} {url or 'URL'}`", '0.3 GB'))
+        out.append(_file_input(f"CLIP starting weights ({tag})", str(f), 'checkpoint',
+                               f"download OpenAI's weights{' (' + url + ')' if url else ''} to {f}, e.g. "
+                               f"`mkdir -p {Path(f).parent} && curl -L -o {f} {url or 'URL'}`", '0.3 GB'))
     ev = p.get('evaluate') or {}
     niqe = ev.get('niqe_params')
     if niqe and ev.get('datasets') and not _is_demo_path(niqe, p):
-        out.append(Input('NIQE parameters of the official release', str(niqe), resolve(niqe).is_file(),
-                         f"download the NIQE release ({NIQE_RELEASE}) and copy its modelparameters.mat to {niqe}", '1 MB'))
+        out.append(_file_input('NIQE parameters of the official release', str(niqe), 'mat',
+                               f"download the NIQE release ({NIQE_RELEASE}) and copy its modelparameters.mat to {niqe}", '1 MB'))
     if ev.get('released_datasets'):
         for name, rel in (ev.get('released') or {}).items():
-            out.append(Input(f"the authors' released checkpoint ({name})", str(rel), resolve(rel).is_file(),
-                             f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
+            out.append(_file_input(f"the authors' released checkpoint ({name})", str(rel), 'checkpoint',
+                                   f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
     return out
 
 # %% ../nbs/13_pipeline.ipynb #7c6ec9ab
@@ -110,7 +196,7 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
 def check_cmd(params:str='params.yaml', # the profile
              ) -> int:
     "List every input the profile needs, present or missing, with what to do for each missing one; exit 1 if any is missing."
-    p = load_params(params); ins = profile_inputs(p); miss = [i for i in ins if not i.present]
+    p = _params(params); ins = profile_inputs(p); miss = [i for i in ins if not i.present]
     print(f"profile {p.get('profile', '?')} ({params}): {len(ins)} input(s) from you, {len(miss)} missing")
     for i in ins:
         print(f"  [{'ok' if i.present else 'MISSING'}] {i.path}  ({i.what}{', ' + i.space if i.space else ''})"
@@ -135,46 +221,73 @@ def pool_archive_members(names:list, # member names of the archive
     return out
 
 # %% ../nbs/13_pipeline.ipynb #fd2ae105
+def _empty_folder(path:str|Path, # a folder to build: missing, empty, or a symbolic link to an empty folder
+                  what:str, # how the user named it, e.g. 'train.pristine'
+                  inputs=(), # the call's input paths (see `check_output`)
+                 ) -> Path:
+    "The real folder a new tree may be built in (a link's target); `OutputError` for a dangling link, a file or a non-empty folder."
+    path = Path(path); where = f"{what} {path}"
+    if _dangling(path): raise OutputError(f"{where} is {_dangling(path)}; nothing was written.")
+    real = path.resolve() if path.is_symlink() else path
+    if real.exists() and not real.is_dir():
+        raise OutputError(f"{where} is a file, not a folder: nothing was written; move it away or choose another path.")
+    if real.is_dir() and any(real.iterdir()):
+        raise OutputError(f"{where} already exists and is not empty: nothing was written (move it away to build it again).")
+    return check_output(real, 'folder', inputs, what=what, quiet=True)
+
 def unpack_pool(archive:str|Path, # the KADIS-700k zip (or any zip with a ref_imgs/ folder)
-                dest:str|Path, # the folder to create (e.g. data/kadis700k/ref_imgs); must not exist
+                dest:str|Path, # the folder to create (e.g. data/kadis700k/ref_imgs): missing, empty, or a link to an empty folder
                 progress:bool=True, # tqdm bar
+                what:str='the destination', # how the user named `dest`, for messages
                ) -> Path:
     "Unpack only the `ref_imgs/` images of a pool archive into a new folder (atomically; nothing else is written)."
     from tqdm.auto import tqdm
+    import zlib
     from qualiclip.datasets import ArchiveError, _check_member
     archive, dest = Path(archive), Path(dest)
-    if dest.exists(): raise FileExistsError(f"{dest} already exists; nothing was unpacked (remove it first to unpack again).")
-    try:
-        with zipfile.ZipFile(archive) as z:
-            sel = pool_archive_members(z.namelist())
-            if not sel: raise ArchiveError(f"{archive}: no ref_imgs/ folder inside; is it the KADIS-700k archive?")
-            with atomic_path(dest) as tmp:
-                tmp.mkdir()
-                for name, rel in tqdm(sorted(sel.items()), desc=f'unpack {archive.name}', disable=not progress):
-                    _check_member(rel, tmp, archive)
-                    t = tmp/rel; t.parent.mkdir(parents=True, exist_ok=True)
-                    with z.open(name) as src, open(t, 'wb') as f: shutil.copyfileobj(src, f, 1 << 20)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        if isinstance(e, FileExistsError): raise
-        raise ArchiveError(f"{archive}: damaged or incomplete archive ({type(e).__name__}: {e}); nothing was unpacked. "
-                           "Fetch it again (dvc update data.dvc).") from None
+    real = _empty_folder(dest, what, inputs=[archive])   # before the archive is read
+    if not archive.is_file(): raise FileNotFoundError(f"{archive}: no such archive; `qualiclip check` says how to get it.")
+    def damaged(e):
+        return ArchiveError(f"{archive}: damaged or incomplete archive ({type(e).__name__}: {e}); nothing was unpacked. "
+                            "Fetch it again (dvc update data.dvc).")
+    bad = (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError)   # errors reading the archive only
+    try: z = zipfile.ZipFile(archive)
+    except bad as e: raise damaged(e) from None
+    with z:
+        sel = pool_archive_members(z.namelist())
+        if not sel: raise ArchiveError(f"{archive}: no ref_imgs/ folder inside; is it the KADIS-700k archive?")
+        with atomic_path(real) as tmp:
+            tmp.mkdir()
+            for name, rel in tqdm(sorted(sel.items()), desc=f'unpack {archive.name}', disable=not progress):
+                _check_member(rel, tmp, archive)
+                t = tmp/rel; t.parent.mkdir(parents=True, exist_ok=True)
+                with open(t, 'wb') as f:   # write errors (disk full, permissions) are raised as they are
+                    try: src = z.open(name)
+                    except bad as e: raise damaged(e) from None
+                    with src:
+                        while True:
+                            try: b = src.read(1 << 20)
+                            except bad as e: raise damaged(e) from None
+                            if not b: break
+                            f.write(b)
     return dest
 
 # %% ../nbs/13_pipeline.ipynb #ab32483e
 @writes(inputs=('params',))
 def unpack_cmd(params:str='params.yaml', # the profile (`train.pristine`, `pristine.pool_archive`)
               ) -> int:
-    "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing (never overwrites)."
-    p = load_params(params)
+    "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing or empty (never overwrites)."
+    p = _params(params)
     pool = (p.get('train') or {}).get('pristine'); arc = (p.get('pristine') or {}).get('pool_archive')
     if not pool or not arc or _is_demo_path(pool, p): print("unpack: nothing to unpack in this profile"); return 0
     folder = resolve(pool)
     if folder.is_dir() and any(folder.iterdir()): print(f"unpack: {pool} is already there"); return 0
     if not resolve(arc).is_file():
         print(f"unpack: neither {pool} nor {arc} is there; run `qualiclip check` for what to do", file=sys.stderr); return 1
-    if folder.is_dir(): folder.rmdir()   # an empty folder only
-    unpack_pool(resolve(arc), folder)
-    print(f"unpack: {arc} -> {pool} ({sum(1 for _ in folder.rglob('*') if _.is_file())} files)"); return 0
+    _empty_folder(folder, 'train.pristine', inputs=[params, resolve(arc)])   # a link to nothing, a file: said before any work
+    unpack_pool(resolve(arc), folder, what='train.pristine')
+    print(f"unpack: {arc} -> {pool} ({sum(1 for _ in folder.resolve().rglob('*') if _.is_file() and _.name != '.qualiclip.json')} files)")
+    return 0
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e005
 def standin_openai_weights(path:str|Path, # destination (e.g. data/weights/RN50.pt)
@@ -221,6 +334,35 @@ def standin_niqe_params(path:str|Path, # destination `.mat`
     return save_niqe_params(fit_niqe([demo_photo(n) for n in DEMO_SPLITS['train'][:6]]), path)
 
 # %% ../nbs/13_pipeline.ipynb #c72947f3
+def _standin_target(i:Input, # a missing input
+                    p:dict, # the profile
+                   ) -> tuple[str, str]:
+    "(the path a stand-in for the input is written to, its kind: 'folder', 'zip', 'checkpoint' or 'mat')."
+    if i.what.startswith('KADIS'):
+        arc = (p.get('pristine') or {}).get('pool_archive')
+        return (arc, 'zip') if arc else (i.path, 'folder')
+    if i.what.startswith(('CLIP starting weights', "the authors'")): return i.path, 'checkpoint'
+    if i.what.startswith('NIQE'): return i.path, 'mat'
+    return i.path, 'folder'
+
+def _standin_plan(p:dict, # the profile
+                  params:str|dict, # where it came from (an input of the call)
+                 ) -> tuple[list, list]:
+    "([(input, real path, kind) to write], [why each other missing input is left as it is]), every path checked first."
+    plan, left = [], []
+    for i in profile_inputs(p):
+        if i.present: continue
+        path, kind = _standin_target(i, p); dest = resolve(path)
+        if _dangling(dest): left.append(f"{path} is {_dangling(dest)}; left as it is"); continue
+        real = dest.resolve() if dest.is_symlink() else dest
+        if kind == 'folder' and real.is_dir() and not any(real.iterdir()): pass   # an empty folder (or a link to one): filled
+        elif dest.exists():
+            left.append(f"{path} exists but is not usable ({i.note or 'see qualiclip check'}); left as it is"); continue
+        ins = [params] if isinstance(params, (str, Path)) else []
+        plan.append((i, check_output(real, 'folder' if kind == 'folder' else 'zip' if kind == 'zip' else 'checkpoint',
+                                     ins, what=f"the stand-in for {i.what}:", quiet=True), kind))
+    return plan, left
+
 @writes(inputs=('params',))
 def standin_cmd(params:str='params.yaml', # the profile
                 n:int=4, # images (authentic datasets) or references (synthetic ones) per miniature dataset
@@ -230,18 +372,17 @@ def standin_cmd(params:str='params.yaml', # the profile
     "Write a small stand-in, in the real format, for every missing input of the profile; inputs already there are never touched."
     from qualiclip.datasets import miniature
     from qualiclip.model import random_official_checkpoint
-    p = load_params(params); wrote = []
-    backbone = (p.get('model') or {}).get('backbone', 'RN50-quickgelu')
-    for i in profile_inputs(p):
-        if i.present: continue
-        dest = resolve(i.path)
-        if dest.exists() and (dest.is_file() or any(dest.iterdir())):
-            print(f"standin: {i.path} exists but is not usable ({i.note or 'see qualiclip check'}); left as it is", file=sys.stderr)
-            continue
-        if i.what.startswith('KADIS'):
-            arc = (p.get('pristine') or {}).get('pool_archive')
-            if arc: standin_pool_archive(resolve(arc)); wrote.append(f"{arc} (KADIS-700k-layout archive of demo photos)")
-            else: unpack_pool(standin_pool_archive(dest.parent/'.standin-kadis700k.zip'), dest); wrote.append(i.path)
+    p = _params(params); wrote = []
+    backbone = (p.get('model') or {}).get('backbone') or 'RN50-quickgelu'
+    plan, left = _standin_plan(p, params)
+    for msg in left: print(f"standin: {msg}", file=sys.stderr)
+    for i, dest, kind in plan:
+        if i.what.startswith('KADIS') and kind == 'zip':
+            standin_pool_archive(dest); wrote.append(f"{_standin_target(i, p)[0]} (KADIS-700k-layout archive of demo photos)")
+        elif i.what.startswith('KADIS'):
+            with tempfile.TemporaryDirectory(prefix='qualiclip-standin-') as d:   # the zip lives only in this call's own folder
+                unpack_pool(standin_pool_archive(Path(d)/'kadis700k.zip'), dest, progress=False, what='train.pristine')
+            wrote.append(i.path)
         elif i.what.startswith('CLIP starting weights'):
             standin_openai_weights(dest, backbone, seed); wrote.append(f"{i.path} (random {backbone}, TorchScript)")
         elif i.what.startswith('NIQE'):
@@ -249,27 +390,36 @@ def standin_cmd(params:str='params.yaml', # the profile
         elif i.what.startswith("the authors'"):
             random_official_checkpoint(dest, backbone, seed); wrote.append(f"{i.path} (random {backbone}, official layout)")
         else:
-            name = Path(i.path).name
-            if dest.is_dir(): dest.rmdir()   # an empty folder only
-            miniature(name, dest, n=n, seed=seed, size=tuple(size)); wrote.append(f"{i.path} (miniature in the owners' layout)")
+            miniature(Path(i.path).name, dest, n=n, seed=seed, size=tuple(size)); wrote.append(f"{i.path} (miniature in the owners' layout)")
     for w in wrote: print(f"standin: wrote {w}")
-    print(f"standin: {len(wrote)} stand-in(s) written" + ("" if wrote else "; every input was already there"))
+    print(f"standin: {len(wrote)} stand-in(s) written" + ("" if wrote or left else "; every input was already there")
+          + (f"; {len(left)} input(s) left as they are (above)" if left else ''))
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #ce8fbb35
+class _Incomplete(Exception):
+    "An index with listed images missing: it is never written."
+
 @writes(inputs=('root',), out='csv')
 def index_cmd(dataset:str, # dataset name, e.g. koniq10k
               root:str, # its folder (owners' layout), e.g. data/datasets/koniq10k
               out:str, # the index file, e.g. data/index/koniq10k.csv
              ) -> int:
-    "Verify a dataset folder (read only) and write its index; fails when listed images are missing."
+    "Verify a dataset folder (read only) and write its index, only when complete; what was at `out` is kept otherwise."
     from qualiclip.datasets import get_spec
-    df = write_index(dataset, root, out)
-    gone = df[df['bytes'].isna()]
-    if len(gone):
-        Path(out).unlink()
+    check_output(out, 'csv', inputs=root, quiet=True)   # before any work (the command line checked it too)
+    if Path(os.path.abspath(out)).resolve().is_relative_to(Path(root).resolve()):
+        raise OutputError(f"--out {out} lies inside the dataset folder {root}, which is only read: nothing was written; "
+                          f"choose a path outside it, e.g. data/index/{dataset}.csv.")
+    try:
+        with atomic_path(out) as t:   # built beside `out` (so its relative paths hold), renamed onto it when complete
+            df = write_index(dataset, root, t)
+            gone = df[df['bytes'].isna()]
+            if len(gone): raise _Incomplete()
+    except _Incomplete:
+        kept = f"{out} was left as it was" if os.path.lexists(out) else "no index was written"
         print(f"index {dataset}: {len(gone)} of {len(df)} images listed in the metadata are missing under {root}, "
-              f"e.g. {gone.image.tolist()[:3]}; finish unpacking (expected layout below), then run again.\n"
+              f"e.g. {gone.image.tolist()[:3]}; {kept}. Finish unpacking (expected layout below), then run again.\n"
               f"{get_spec(dataset).layout}", file=sys.stderr)
         return 1
     print(f"index {dataset}: {len(df)} images, scores {df.mos.min():.3g}..{df.mos.max():.3g} -> {out}")
@@ -279,9 +429,11 @@ def index_cmd(dataset:str, # dataset name, e.g. koniq10k
 def index_pool(folder:str|Path, # a folder of pristine images (searched recursively)
                out:str|Path, # the list to write (CSV: path relative to the folder, bytes, mtime_ns)
               ) -> pd.DataFrame:
-    "List a folder's image files with size and modification time, sorted, written atomically; an error when there is none."
+    "List a folder's image files with size and modification time, sorted, written atomically; an error (`out` kept) when there is none."
     from qualiclip.core import scan_images
     folder = Path(folder)
+    check_output(out, 'csv', inputs=folder, quiet=True)   # before the folder is listed
+    if _dangling(folder): raise FileNotFoundError(f"{folder} is {_dangling(folder)}; `qualiclip check` says how to get the training pool.")
     if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder; `qualiclip check` says how to get the training pool.")
     rows = []
     for f, e in scan_images(folder, recursive=True):
@@ -306,11 +458,28 @@ def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e007
+def _is_demo_file(f:Path, # an existing file at a demo photo's name
+                  name:str, # the demo photo (a key of `DEMO_PHOTOS`)
+                 ) -> bool:
+    "Whether a file holds exactly that demo photo's pixels (an earlier output of `pristine`)."
+    from qualiclip.core import load_pil
+    if not f.is_file(): return False
+    try: return bool(np.array_equal(np.asarray(load_pil(f)), demo_photo(name)))
+    except (OSError, ValueError): return False
+
 @writes(out='folder')
 def pristine_cmd(out:str='data/pristine', # folder to write the demo photos into (`<out>/<split>/`)
                 ) -> int:
-    "Write the demo photos that ship in Python packages into `<out>/train`, `<out>/val` and `<out>/test`."
-    for s in DEMO_SPLITS: write_demo_photos(Path(out)/s, s)
+    "Write the demo photos that ship in Python packages into `<out>/train`, `<out>/val` and `<out>/test` (only those files)."
+    root = check_output(out, 'folder', quiet=True)
+    for s, names in DEMO_SPLITS.items():   # every path first: nothing is written unless all of them are free or ours
+        d = check_output(root/s, 'folder', what=f"--out {out}: the subfolder", quiet=True)
+        for n in names:
+            f = d/f'{n}.png'
+            if os.path.lexists(f) and not _is_demo_file(f, n):
+                raise OutputError(f"--out {out}: {f} exists and is not the demo photo {n!r}: nothing was written; "
+                                  "move that file away, or give another --out.")
+    for s in DEMO_SPLITS: write_demo_photos(root/s, s)   # (a file already holding its photo is kept)
     print(f"demo photos -> {out}: " + ", ".join(f"{s} {len(v)}" for s, v in DEMO_SPLITS.items())); return 0
 
 # %% ../nbs/13_pipeline.ipynb #a4172c86
@@ -322,13 +491,20 @@ def init_weights(params:str|dict='params.yaml', # the profile (`model:` and `see
     p = _params(params); m = p.get('model') or {}
     start = m.get('start') or {'random': None}
     if len(start) != 1: raise ValueError(f"model.start must have exactly one entry (random, or a tag and its weights file); got {list(start)}.")
+    for k in ('backbone', 'init_dir'):
+        if not m.get(k): raise ValueError(f"model.{k} is not set in the params; add it (params.yaml shows the model: section).")
     (tag, f), = start.items()
-    seed = int(p.get('seed', 0)); seed_everything(seed)
+    seed = int(p.get('seed') or 0)
     src = None if tag == 'random' else str(resolve(f))
     if src and not Path(src).is_file():
         raise FileNotFoundError(f"{f}: the {tag} starting weights are not there; `qualiclip check` says how to get them.")
+    if src and _file_problem(Path(src), 'checkpoint'):
+        raise ValueError(f"{f}: the {tag} starting weights are {_file_problem(Path(src), 'checkpoint')}; `qualiclip check` says how to get them.")
+    ins = [params] if isinstance(params, (str, Path)) else []
+    out = output_folder(resolve(m['init_dir']), ins + [src], what='model.init_dir')   # every output before the model is built
+    for name in ('clip.pt', 'qualiclip.pth'): check_output(out/name, 'checkpoint', ins + [src], what='model.init_dir:', quiet=True)
+    seed_everything(seed)
     model = QualiCLIP(m['backbone'], pretrained=src)
-    out = resolve(m['init_dir']); out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out/'clip.pt') as t: torch.save(model.clip.state_dict(), t)
     model.export_official(out/'qualiclip.pth')
     print(f"starting weights ({m['backbone']}, {tag}{': ' + str(f) if src else ''}, seed {seed}) -> {m['init_dir']}/clip.pt, qualiclip.pth")
@@ -375,7 +551,7 @@ def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.
     "Evaluate one model of the profile on each of its datasets (one process, the model loaded once): `<evaluate.out>/<model>/<dataset>/`."
     from qualiclip.evaluate import evaluate
     from qualiclip.scoring import get_scorer, set_precision
-    p = load_params(params); ev = p.get('evaluate') or {}; models = evaluate_models(p)
+    p = _params(params); ev = p.get('evaluate') or {}; models = evaluate_models(p)
     if model not in models: raise ValueError(f"No model {model!r} in this profile; it evaluates {sorted(models)}.")
     kind, weights, datasets = models[model]
     if not weights or not resolve(weights).exists():
@@ -418,6 +594,21 @@ def paper_params(params:str|dict, # the profile
     return out
 
 # %% ../nbs/13_pipeline.ipynb #d5742db9
+def _executed_notebook(f:Path, # an existing file
+                      ) -> bool:
+    "Whether a file is a notebook papermill executed (an earlier output of `qualiclip paper`)."
+    try: nb = json.loads(f.read_text(encoding='utf-8'))
+    except (OSError, ValueError): return False
+    return isinstance(nb, dict) and isinstance(nb.get('metadata'), dict) and 'papermill' in nb['metadata']
+
+def _notebook_output(f:Path, # where an executed notebook goes
+                    ) -> Path:
+    "The path itself when it is free or holds an earlier executed notebook; `OutputError` for anything else there."
+    if os.path.lexists(f) and not (f.is_file() and _executed_notebook(f)):
+        raise OutputError(f"--out: {f} exists and is not a notebook executed by `qualiclip paper`: nothing was run; "
+                          "move it away, or give another --out.")
+    return f
+
 @writes(inputs=('params',), out='folder')
 def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opinion_unaware
               params:str='params.yaml', # the profile
@@ -429,17 +620,20 @@ def paper_cmd(name:str, # notebook name in nbs/paper without .ipynb, e.g. T1_opi
     root = repo_root(); src = root/'nbs'/'paper'/f'{name}.ipynb'
     if not src.exists(): raise FileNotFoundError(f"{src} does not exist: the paper notebooks are {sorted(x.stem for x in src.parent.glob('*.ipynb'))}")
     pars = paper_params(params, name)
-    dest = resolve(out)/f'{name}.ipynb'; dest.parent.mkdir(parents=True, exist_ok=True)
+    folder = check_output(resolve(out), 'folder', [params, src], quiet=True)
+    dest = _notebook_output(folder/f'{name}.ipynb'); failed = _notebook_output(dest.with_suffix('.failed.ipynb'))
+    folder.mkdir(parents=True, exist_ok=True)   # only these two files are ever added to it
     os.environ.setdefault('MPLBACKEND', 'Agg')
     try:
         with atomic_path(dest) as t:
             try: pm.execute_notebook(str(src), str(t), parameters=pars, kernel_name=kernel, cwd=str(root), progress_bar=False)
             except pm.PapermillExecutionError:
-                if t.exists(): shutil.copy(t, dest.with_suffix('.failed.ipynb'))
+                if t.exists():
+                    with atomic_path(failed) as t2: shutil.copyfile(t, t2)
                 raise
     except pm.PapermillExecutionError as e:
         print(f"paper {name}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n(the executed notebook, with the traceback: "
-              f"{dest.with_suffix('.failed.ipynb')})", file=sys.stderr)
+              f"{failed})", file=sys.stderr)
         return 1
     print(f"{name}: executed -> {dest.relative_to(root) if dest.is_relative_to(root) else dest}"); return 0
 
@@ -450,7 +644,40 @@ def _val_curve(run:Path) -> pd.DataFrame|None:
     if not f.is_file(): return None
     try: df = pd.read_csv(f, sep='\t')
     except (ValueError, OSError): return None
-    return df if {'step', 'val_srcc'} <= set(df.columns) and len(df) else None
+    if not {'step', 'val_srcc'} <= set(df.columns): return None
+    df = df.assign(step=pd.to_numeric(df.step, errors='coerce'), val_srcc=pd.to_numeric(df.val_srcc, errors='coerce')).dropna(subset=['step', 'val_srcc'])
+    return df.reset_index(drop=True) if len(df) else None
+
+def _json_mapping(f:Path, # a JSON file
+                  shown:str, # how to name it in messages
+                  writer:str='the command that writes it', # what to run again to write it anew, for messages
+                 ) -> dict:
+    "The mapping a JSON file holds; a `ValueError` naming the file (and the line of a JSON mistake) for anything else."
+    fix = f"{writer} writes it: run it again, or move the file away."
+    try: d = json.loads(f.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e: raise ValueError(f"{shown}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}); {fix}") from None
+    except UnicodeDecodeError: raise ValueError(f"{shown}: not a text file; {fix}") from None
+    if not isinstance(d, dict): raise ValueError(f"{shown} holds {_held(d)}, not a mapping of values; {fix}")
+    return d
+
+_RUN_NUMBERS = ('step', 'val_srcc', 'best_step', 'best_val_srcc', 'train_time_s')   # metrics.json keys the summary prints
+
+def _run_metrics(f:Path, # a training run's metrics.json
+                 shown:str, # how to name it in messages
+                ) -> dict:
+    "A training run's metrics (each value the summary prints a number); a `ValueError` naming the file and key otherwise."
+    writer = 'the training run (qualiclip train)'; m = _json_mapping(f, shown, writer)
+    for k in _RUN_NUMBERS:
+        v = m.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"{shown}: {k} is {_held(v)}, not a number; {writer} writes it: run it again, or move the file away.")
+    return m
+
+def _verdict(f:Path) -> str|None:
+    "The `verdict` text of a `compare-weights` report, or None when there is none to show."
+    try: v = _json_mapping(f, str(f), 'qualiclip compare-weights').get('verdict')
+    except (OSError, ValueError): return None
+    return v if isinstance(v, str) else None
 
 def _srcc_only(md:str, # a markdown table (header, rule, rows) followed by notes
                 width:int=160, # tables wider than this are narrowed
@@ -473,12 +700,12 @@ def summary(params:str|dict='params.yaml', # the profile
            ) -> tuple[str, list[str]]:
     "(a short readable report of the profile's results, the results that are missing)."
     p = _params(params); lines, missing = [f"QualiCLIP-reproduced: profile {p.get('profile', '?')}", ''], []
-    t1 = ((p.get('paper') or {}).get('T1_opinion_unaware') or {}).get('out_md', 'outputs/tables/T1_opinion_unaware.md')
+    t1 = ((p.get('paper') or {}).get('T1_opinion_unaware') or {}).get('out_md') or 'outputs/tables/T1_opinion_unaware.md'
     f = resolve(t1)
-    if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", _srcc_only(f.read_text()), '']
+    if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", _srcc_only(f.read_text(errors='replace')), '']
     else: missing.append(f"the T1 table {t1}")
-    out = (p.get('train') or {}).get('out', 'runs/train'); run = resolve(out)
-    m = json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').is_file() else None
+    out = (p.get('train') or {}).get('out') or 'runs/train'; run = resolve(out)
+    m = _run_metrics(run/'metrics.json', f"{out}/metrics.json") if (run/'metrics.json').is_file() else None
     curve = _val_curve(run)
     if m is None and curve is None: missing.append(f"the training run's metrics {out}/metrics.json")
     else:
@@ -490,18 +717,15 @@ def summary(params:str|dict='params.yaml', # the profile
                          f"({len(curve)} validations, {out}/dvclive)")
         if m.get('best_val_srcc') is not None:
             lines.append(f"  metrics.json: best {m['best_val_srcc']:.3f} at step {m.get('best_step')}, final "
-                         f"{m.get('val_srcc', float('nan')):.3f} at step {m.get('step')}"
+                         f"{m['val_srcc'] if m.get('val_srcc') is not None else float('nan'):.3f} at step {m.get('step')}"
                          + (f", {m['train_time_s'] / 60:.1f} min of training" if m.get('train_time_s') else ''))
         lines.append('')
     cw = resolve('outputs/weights')/'comparison.json'
-    if cw.is_file():
-        try: lines += [f"What training changed (outputs/weights, qualiclip compare-weights): {json.loads(cw.read_text())['verdict']}", '']
-        except (ValueError, KeyError): pass
+    if _verdict(cw): lines += [f"What training changed (outputs/weights, qualiclip compare-weights): {_verdict(cw)}", '']
     for name in sorted((p.get('evaluate') or {}).get('released') or {}):   # the authors' checkpoint against the same starting weights
         rw = resolve(f'outputs/weights-{name}')/'comparison.json'
-        try: lines += [f"What the authors' training changed ({name} against the starting weights, outputs/weights-{name}): "
-                       f"{json.loads(rw.read_text())['verdict']}", '']
-        except (OSError, ValueError, KeyError): pass
+        if _verdict(rw): lines += [f"What the authors' training changed ({name} against the starting weights, outputs/weights-{name}): "
+                                   f"{_verdict(rw)}", '']
     figs = {v for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_png'}
     dirs = {resolve(v) for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_dir'}
     dirs.add(resolve('outputs/figures'))
