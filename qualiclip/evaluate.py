@@ -5,7 +5,7 @@
 # %% ../nbs/08_evaluate.ipynb #3d697211
 from __future__ import annotations
 
-import glob, json, os, re, sys, tempfile, time, warnings
+import glob, hashlib, json, os, re, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import (atomic_path, get_device, list_images, load_pil, resize_short_side, demo_photo,
-                            write_demo_photos, ImageReadError)
-from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index
+from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side,
+                            demo_photo, write_demo_photos, ImageReadError)
+from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum
 from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
 from .niqe import niqe_scorer
@@ -23,9 +23,10 @@ from .scoring import get_scorer, register_scorer, score_files, set_precision
 from .core import writes
 
 # %% auto #0
-__all__ = ['METRIC_KEYS', 'SCORE_COLS', 'scorer_tag', 'select_split', 'score_rows', 'compute_metrics', 'evaluate', 'evaluate_cmd',
-           'bench_models_cmd', 'oriented', 'test_split_sets', 'corr_or_nan', 'protocol_rows', 'write_table',
-           'policy_resize']
+__all__ = ['METRIC_KEYS', 'SCORE_COLS', 'ID_COLS', 'EVAL_FILES', 'scorer_tag', 'source_sha256', 'scorer_sources',
+           'scorer_identity', 'select_split', 'eval_outputs', 'score_rows', 'compute_metrics', 'evaluate',
+           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'corr_or_nan', 'protocol_rows',
+           'write_table', 'policy_resize']
 
 # %% ../nbs/08_evaluate.ipynb #0c37c6ba
 METRIC_KEYS = ('srcc', 'plcc', 'plcc_logistic', 'krcc')
@@ -37,6 +38,53 @@ def scorer_tag(scorer, # a scorer
     src = getattr(scorer, 'checkpoint', None) or getattr(getattr(scorer, 'model', None), 'meta', {}).get('source')
     bb = getattr(scorer, 'backbone', None)
     return ':'.join(str(s) for s in (getattr(scorer, 'name', type(scorer).__name__), bb, src) if s)
+
+ID_COLS = ['scorer_id', 'file_size', 'file_sha256']   # what a resumed row must match: the scorer's content and the image's
+EVAL_FILES = {'scores.csv': 'csv', 'metrics.json': 'json', 'timing.json': 'json', 'resume.json': 'json'}   # evaluate's own files
+
+def source_sha256(path:str|Path, # a file, or a folder (e.g. NIQE's pristine images)
+                 ) -> str:
+    "SHA-256 of a file's bytes; of a folder, of its files' names and bytes' SHA-256 (in name order)."
+    p = Path(path)
+    if not p.is_dir(): return sha256sum(p)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob('*') if x.is_file()): h.update(f"{f.relative_to(p).as_posix()}\0{sha256sum(f)}\n".encode())
+    return h.hexdigest()
+
+def scorer_sources(scorer, # a scorer
+                  ) -> dict:
+    "The files a scorer records it was built from (name -> path): its checkpoint, prompts file, NIQE parameters."
+    out = dict(getattr(scorer, 'sources', None) or {})
+    ck = getattr(scorer, 'checkpoint', None)
+    if ck and 'weights' not in out and Path(str(ck)).exists(): out['weights'] = str(ck)
+    if getattr(scorer, 'prompts_file', None) and 'prompts' not in out: out['prompts'] = scorer.prompts_file
+    src = getattr(getattr(scorer, 'model', None), 'meta', {}).get('source')
+    if src and not out and Path(str(src)).exists(): out['niqe_params'] = str(src)
+    return {k: str(v) for k, v in out.items() if v}
+
+def _state_sha256(scorer) -> str|None:
+    "SHA-256 of the parameters a scorer holds in memory (random or downloaded weights: no file to hash)."
+    h = hashlib.sha256(); sd = getattr(scorer, 'state_dict', None); niqe = getattr(scorer, 'model', None)
+    if callable(sd):
+        for k, v in sd().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    elif hasattr(niqe, 'mu') and hasattr(niqe, 'cov'):
+        for a in (niqe.mu, niqe.cov): h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    else: return None
+    return h.hexdigest()
+
+def scorer_identity(scorer, # a scorer
+                    sources:dict|None=None, # the files it was built from (name -> path; None: `scorer_sources`)
+                   ) -> dict:
+    "What scores can be reused for: the scorer's name, precision and the SHA-256 of each file it was built from; `scorer_id` sums it up."
+    src = scorer_sources(scorer) if sources is None else {k: str(v) for k, v in sources.items() if v}
+    files = {k: {'path': v, 'sha256': source_sha256(v)} for k, v in sorted(src.items()) if Path(v).exists()}
+    dev = getattr(scorer, 'device', 'cpu')
+    key = {'model': scorer_tag(scorer), 'higher_better': bool(getattr(scorer, 'higher_better', True)),
+           'precision': f"{getattr(scorer, 'amp', 'fp32')}@{getattr(dev, 'type', dev)}",
+           'sha256': {k: f['sha256'] for k, f in files.items()}}
+    if not files: key['weights_in_memory_sha256'] = _state_sha256(scorer)   # no file: the parameters themselves
+    sid = 'sha256:' + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return {'scorer_id': sid, **key, 'files': files}
 
 # %% ../nbs/08_evaluate.ipynb #e1c83ea5
 def _slug(s) -> str:
@@ -75,7 +123,7 @@ def select_split(df:pd.DataFrame, # table from `load_dataset`
 # %% ../nbs/08_evaluate.ipynb #c65f0dcf
 def _read_previous(path:Path, tag:str) -> pd.DataFrame:
     "Rows of an earlier `scores.csv` scored by the scorer `tag` (without error); a clear error on another model."
-    prev = pd.read_csv(path, dtype={'error': str})
+    prev = pd.read_csv(path, dtype={'error': str, 'scorer_id': str, 'file_size': str, 'file_sha256': str})
     if not {'image', 'score', 'model'} <= set(prev.columns):
         raise ValueError(f"{path}: not a scores.csv written by evaluate (columns {list(prev.columns)[:6]}...); "
                          "remove it or choose another --out")
@@ -86,9 +134,71 @@ def _read_previous(path:Path, tag:str) -> pd.DataFrame:
     ok = prev.score.notna() & (prev.error.isna() | (prev.error.fillna('') == ''))
     return prev[ok]
 
+def _file_ids(paths) -> tuple[list, list]:
+    "(size, SHA-256) of each file as strings, '' where it cannot be read: what a resumed score must still match."
+    sizes, shas = [], []
+    for p in paths:
+        try: s, h = str(os.path.getsize(p)), sha256sum(p)
+        except OSError: s, h = '', ''
+        sizes.append(s); shas.append(h)
+    return sizes, shas
+
+def _identity_change(old:dict|None, # the identity an earlier run recorded (resume.json), None when unknown
+                     new:dict, # this scorer's (`scorer_identity`)
+                    ) -> str:
+    "In words, how the scorer that wrote earlier scores differs from this one."
+    if not old: return f"scorer id {new['scorer_id']} now, and no resume.json saying what it was"
+    parts, of, nf = [], old.get('sha256') or {}, new['sha256']
+    for k in sorted(set(of) | set(nf)):
+        if of.get(k) != nf.get(k):
+            path = ((new['files'].get(k) or (old.get('files') or {}).get(k)) or {}).get('path', '')
+            parts.append(f"{k} file {path}: sha256 {str(of.get(k) or 'none')[:12]} then, {str(nf.get(k) or 'none')[:12]} now")
+    for k in ('model', 'precision', 'higher_better', 'weights_in_memory_sha256'):
+        if old.get(k) != new.get(k): parts.append(f"{k} {str(old.get(k))[:40]} then, {str(new.get(k))[:40]} now")
+    return '; '.join(parts) or f"scorer id {old.get('scorer_id')} then, {new['scorer_id']} now"
+
+def _reusable(df:pd.DataFrame, # the rows to score, with this run's `scorer_id`, `file_size`, `file_sha256`
+              prev:pd.DataFrame, # rows of the earlier scores.csv (`_read_previous`)
+              ident:dict, # this scorer's identity
+              old:dict|None, # the identity the earlier run recorded (resume.json), or None
+              f_scores:Path, # the earlier file (named in messages)
+             ) -> pd.DataFrame:
+    "Earlier (score, width, height) for the rows whose scorer and image file are unchanged, NaN elsewhere; stderr says what is redone and why."
+    cols = ['score', 'width', 'height']
+    none = pd.DataFrame(np.nan, index=df.index, columns=cols)
+    if not len(prev): return none
+    if not set(ID_COLS) <= set(prev.columns):
+        print(f"evaluate: {f_scores} does not record which weights and image files its scores came from (an older "
+              "version wrote it); scoring every image again.", file=sys.stderr)
+        return none
+    other = prev[prev.scorer_id != ident['scorer_id']]
+    if len(other):
+        was = old if old and old.get('scorer_id') in set(other.scorer_id) else None
+        print(f"evaluate: {len(other)} score(s) in {f_scores} came from another scorer ({_identity_change(was, ident)}); "
+              "scoring those images again.", file=sys.stderr)
+    same = prev[prev.scorer_id == ident['scorer_id']].drop_duplicates('image', keep='last').set_index('image')
+    got = same.reindex(df.image.values); got.index = df.index
+    known = got.score.notna() & ~df._missing
+    unchanged = (got.file_size.astype(str) == df.file_size.astype(str)) & (got.file_sha256.astype(str) == df.file_sha256.astype(str))
+    changed = known & ~unchanged
+    if changed.any():
+        print(f"evaluate: {int(changed.sum())} image(s) changed since {f_scores} scored them (size or SHA-256 differs), "
+              f"e.g. {df.image[changed].iloc[0]}; scoring them again.", file=sys.stderr)
+    out = got[cols].astype(float); out.loc[~(known & unchanged)] = np.nan
+    return out
+
+def eval_outputs(out_dir:str|Path, # evaluate's report folder
+                 inputs=(), # the call's input paths (none may be an output)
+                 quiet:bool=False, # do not say that earlier files will be replaced
+                ) -> Path:
+    "Check the report folder and its own files (scores.csv, metrics.json, timing.json, resume.json) before any scoring."
+    out = check_output(out_dir, 'folder', inputs, what='--out')
+    for name, kind in EVAL_FILES.items(): check_output(out/name, kind, inputs, what='--out', quiet=quiet)
+    return out
+
 def _write_scores(rows:pd.DataFrame, path:Path) -> None:
-    "Write `scores.csv` atomically, the fixed columns first."
-    cols = SCORE_COLS + [c for c in rows.columns if c not in SCORE_COLS and not c.startswith('_')]
+    "Write `scores.csv` atomically, the fixed columns first, the identity columns last."
+    cols = SCORE_COLS + [c for c in rows.columns if c not in SCORE_COLS + ID_COLS and not c.startswith('_')] + ID_COLS
     with atomic_path(path) as t: rows.reindex(columns=cols).to_csv(t, index=False)
 
 def score_rows(rows:pd.DataFrame, # rows of a dataset table (`path`, and the registry's `resize_short` policy per image)
@@ -155,24 +265,33 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
              out_dir:str|Path='eval', # folder for scores.csv, metrics.json, timing.json
              batch_size:int=16, # images per forward pass
              workers:int=0, # DataLoader worker processes
-             resume:bool=True, # skip images already scored by the same model in out_dir/scores.csv
+             resume:bool=True, # skip images of out_dir/scores.csv scored by the same scorer (files' SHA-256) and unchanged since
              n_splits:int=10, # random splits for split='test' when the owners publish none
              split_seed:int=0, # seed of those splits
              missing:str='record', # images listed but absent: 'record' as failures, or 'error'
              chunk:int=256, # write scores.csv after every `chunk` images
              logistic_params:int=5, # 5 (Sheikh) or 4 (VQEG) parameter logistic for plcc_logistic
+             sources:dict|None=None, # the files the scorer was built from (name -> path; None: what the scorer records)
              progress:bool=True, # tqdm bar
             ) -> dict:
     "Score a dataset with `scorer`, write scores.csv and metrics.json into `out_dir`, and return the metrics."
+    src = scorer_sources(scorer) if sources is None else {k: str(v) for k, v in sources.items() if v}
+    inputs = [root, *src.values()]
+    eval_outputs(out_dir, inputs, quiet=(folder_mark(out_dir) or {}).get('kind') == 'output')   # before any scoring
     df, protocol = select_split(_load_table(dataset, root, missing), dataset, split, n_splits, split_seed)
-    tag = scorer_tag(scorer); hb_score = bool(getattr(scorer, 'higher_better', True))
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); f_scores = out / 'scores.csv'
-    df = df.assign(score=np.nan, error='', width=np.nan, height=np.nan, model=tag, score_higher_better=hb_score)
+    ident = scorer_identity(scorer, src); tag = ident['model']; hb_score = ident['higher_better']
+    out = output_folder(out_dir, inputs); f_scores = out / 'scores.csv'
+    sizes, shas = _file_ids(np.where(df._missing, '', df.path))
+    df = df.assign(score=np.nan, error='', width=np.nan, height=np.nan, model=tag, score_higher_better=hb_score,
+                   scorer_id=ident['scorer_id'], file_size=sizes, file_sha256=shas)
     df.loc[df._missing, 'error'] = 'missing file'
     if resume and f_scores.exists():
-        prev = _read_previous(f_scores, tag).set_index('image')
-        hit = df.image.isin(prev.index) & ~df._missing
-        for c in ('score', 'width', 'height'): df.loc[hit, c] = prev.loc[df.image[hit], c].values
+        try: old = json.loads((out / 'resume.json').read_text())
+        except (OSError, ValueError): old = None
+        got = _reusable(df, _read_previous(f_scores, tag), ident, old if isinstance(old, dict) else None, f_scores)
+        for c in ('score', 'width', 'height'): df[c] = got[c]
+    with atomic_path(out / 'resume.json') as t:   # what the scores in scores.csv must match to be reused
+        t.write_text(json.dumps({**ident, 'dataset': dataset, 'root': str(root), 'split': split}, indent=1) + '\n')
     todo = df.index[df.score.isna() & ~df._missing]
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(total=len(todo), desc=f'{dataset} {getattr(scorer, "name", "")}', disable=not progress)
@@ -194,7 +313,8 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
     _write_scores(df, f_scores)
     metrics = {**compute_metrics(df, protocol, logistic_params), 'score_higher_better': hb_score,
                'label_higher_better': bool(get_spec(dataset).higher_better), 'model': tag, 'dataset': dataset,
-               'split': split, 'protocol': protocol}
+               'split': split, 'protocol': protocol, 'scorer_id': ident['scorer_id'],
+               **{f'{k}_sha256': v for k, v in ident['sha256'].items()}}
     with atomic_path(out / 'metrics.json') as t: t.write_text(json.dumps(metrics, indent=1) + '\n')
     ips = n_done / dt if dt > 0 and n_done else float('nan')
     timing = {'images_scored': n_done, 'seconds': round(dt, 3), 'images_per_s': _clean(ips),
@@ -214,7 +334,7 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                  backbone:str|None=None, # open_clip config (default: inferred / RN50-quickgelu)
                  pretrained:str|None=None, # CLIP weights for clipiqa/qualiclip: tag or local file
                  split:str='all', # 'all' images, or 'test' (official split, or median of 10 random splits)
-                 out:str='eval', # output folder (scores.csv, metrics.json, timing.json)
+                 out:str='eval', # output folder (scores.csv, metrics.json, timing.json, resume.json)
                  device:str='auto', # auto, cpu, cuda, cuda:N
                  precision:str='auto', # CLIP image tower: auto (CUDA bf16, CPU fp32), fp32, bf16, fp16 (the head stays fp32)
                  batch_size:int=16, # images per forward pass
@@ -225,10 +345,12 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                 ) -> int:
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
     kw = dict(niqe_params=niqe_params) if model == 'niqe' else dict(prompts=prompts) if model == 'qualiclip+' else {}
+    src = {'weights': weights, 'pretrained': pretrained if pretrained and Path(pretrained).exists() else None, **kw}
     try:
+        eval_outputs(out, [root, *src.values()], quiet=True)   # the folder and its files, before the model loads
         scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
                                           random_init=random_init, device=device, **kw), precision)
-        m = evaluate(dataset, root, scorer, split=split, out_dir=out, batch_size=batch_size, workers=workers)
+        m = evaluate(dataset, root, scorer, split=split, out_dir=out, batch_size=batch_size, workers=workers, sources=src)
     except (DatasetError, FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         print(f"qualiclip evaluate: {e}", file=sys.stderr); return 2
     print(json.dumps({k: m[k] for k in ('srcc', 'plcc', 'plcc_logistic', 'krcc', 'n') if k in m}))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_prompts.ipynb #95998175
 from __future__ import annotations
-import hashlib, json, math, re, sys, time, warnings
+import hashlib, json, math, os, re, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,16 @@ import torch.nn.functional as F
 import open_clip
 from fastcore.basics import patch
 
-from .core import atomic_path, get_device, load_image, load_params, repo_root
+from .core import (OutputError, atomic_path, check_output, folder_mark, get_device, load_image, load_params,
+                            mark_folder, repo_root)
 from .model import DEFAULT_BACKBONE, PROMPTS, PYIQA_TEMPERATURE, TINY_CONFIG, QualiCLIP, check_prompts
 from .core import writes
 
 # %% auto #0
-__all__ = ['N_CTX', 'PYIQA_KEYS', 'RECIPE', 'prompt_strings', 'text_tokenizer', 'PromptLearner', 'QualiCLIPPlus', 'check_frozen',
-           'read_prompts', 'qualiclip_plus_scorer', 'read_table', 'prompt_splits', 'plcc_loss', 'image_features',
-           'fit_prompts', 'prompts_recipe', 'prompts_key', 'fit_prompts_cmd']
+__all__ = ['N_CTX', 'PYIQA_KEYS', 'RECIPE', 'RUN_KEYS', 'prompt_strings', 'text_tokenizer', 'PromptLearner', 'QualiCLIPPlus',
+           'check_frozen', 'read_prompts', 'qualiclip_plus_scorer', 'read_table', 'prompt_splits', 'plcc_loss',
+           'image_features', 'weights_sha256', 'read_run_checkpoint', 'fit_prompts', 'prompts_recipe', 'prompts_key',
+           'prompts_outputs', 'fit_prompts_cmd']
 
 # %% ../nbs/12_prompts.ipynb #308c91a6
 N_CTX = 16   # context vectors per prompt string (pyiqa's QualiCLIP+)
@@ -201,8 +203,9 @@ def read_prompts(path:str|Path, # a prompts file: pyiqa's `QualiCLIP+_*.pth` or 
     "(the three `prompt_learner.*` tensors, meta) of a prompts file; clear errors for anything else."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such prompts file; learn one with `qualiclip fit-prompts` or pass pyiqa's QualiCLIP+_<dataset>.pth.")
-    try: d = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{path}: cannot read it as a PyTorch file ({type(e).__name__}: {str(e)[:200]}).") from None
+    from qualiclip.model import _load_tensors
+    d = _load_tensors(path, 'a QualiCLIP+ prompts file', "--prompts takes a prompts file from `qualiclip fit-prompts` or pyiqa's "
+                      "QualiCLIP+_<dataset>.pth (tensors saved with torch.save, read with torch.load(..., weights_only=True))")
     sd = d.get('params', d) if isinstance(d, dict) else None
     if not isinstance(sd, dict) or set(sd) != set(PYIQA_KEYS):
         found = sorted(sd)[:6] if isinstance(sd, dict) else type(d).__name__
@@ -267,6 +270,8 @@ def qualiclip_plus_scorer(weights:str|None=None, # QualiCLIP checkpoint in the o
                          "QualiCLIP+ without learned prompts has random context.")
     m.temperature = float(temperature); m.name = 'qualiclip+'
     m.checkpoint = f"{weights or pretrained or 'random'}+prompts={prompts or 'random'}"   # names both files in scores.csv
+    m.sources = {k: str(v) for k, v in (('weights', weights), ('pretrained', pretrained), ('prompts', prompts))
+                 if v and Path(v).is_file()}   # what an evaluation's resume must match (their SHA-256)
     return m.to(dev).eval()
 
 # %% ../nbs/12_prompts.ipynb #85c35d2d
@@ -388,6 +393,52 @@ class _Images(torch.utils.data.Dataset):
 
 def _as_list(batch): return batch   # collate function (module level: picklable for worker processes)
 
+RUN_KEYS = ('config', 'ctx', 'best_ctx', 'optim', 'sched', 'state')   # what a fit-prompts run checkpoint holds
+
+def weights_sha256(model:QualiCLIP, # a model loaded with `from_checkpoint` (else its CLIP parameters are hashed)
+                  ) -> str|None:
+    "SHA-256 of the weights file a model came from (of its CLIP parameters when it came from none): what a resumed run must match."
+    ck = getattr(model, 'checkpoint', None)
+    if ck and Path(str(ck)).is_file():
+        from qualiclip.datasets import sha256sum
+        return sha256sum(ck)
+    from qualiclip.evaluate import _state_sha256
+    return _state_sha256(model.clip)
+
+def read_run_checkpoint(path:str|Path, # a run's checkpoint.pt
+                       ) -> dict:
+    "A fit-prompts run checkpoint, read weights-only; one error naming the file for a damaged or foreign one."
+    from qualiclip.model import _load_tensors
+    fix = f"Remove {path}, or pass --resume no to start the run again, or choose another --run folder"
+    d = _load_tensors(path, 'a fit-prompts run checkpoint', fix)
+    missing = [k for k in RUN_KEYS if k not in d] if isinstance(d, dict) else list(RUN_KEYS)
+    if missing or not isinstance(d['config'], dict):
+        raise ValueError(f"{path} is not a fit-prompts run checkpoint (it lacks {missing[0] if missing else 'a config'!r}; "
+                         f"another command's file?): nothing was changed. Choose another --run folder, or remove that file.")
+    return d
+
+def _open_run(run:str|Path, # the run folder
+              resume, # the `resume` argument of `fit_prompts`
+              create:bool=True, # create and mark the folder (False: only check it and its checkpoint)
+             ) -> tuple[Path, Path, dict|None]:
+    "(run folder, its checkpoint path, the checkpoint or None): the folder checked, created and marked as a fit-prompts run."
+    old = Path(run)/'checkpoint.pt'
+    if folder_mark(run) is None and old.is_file():   # a fit-prompts run written before run folders were marked
+        try: read_run_checkpoint(old); mark_folder(run, 'run', command='fit-prompts')
+        except ValueError: pass                      # anything else: the folder is not claimed (refused below)
+    run = check_output(run, 'run', what='--run'); ckf = run/'checkpoint.pt'; mk = folder_mark(run) or {}
+    if run.exists() and any(run.iterdir()) and mk.get('command') != 'fit-prompts':   # e.g. a training run of `qualiclip train`
+        raise OutputError(f"--run {run} is a run folder of {'`qualiclip ' + str(mk['command']) + '`' if mk.get('command') else 'another command'}, "
+                          "not of fit-prompts: nothing was written; choose another --run folder.")
+    saved = None
+    if ckf.is_file():
+        try: saved = read_run_checkpoint(ckf)
+        except ValueError:   # a damaged checkpoint of ours is replaced only when asked to start again
+            if resume not in (False, 'no') or mk.get('command') != 'fit-prompts': raise
+            print(f"fit-prompts: {ckf} cannot be read; starting again (--resume no)", file=sys.stderr)
+    if create and (not run.exists() or not any(run.iterdir())): mark_folder(run, 'run', command='fit-prompts')
+    return run, ckf, saved
+
 def _crops(items:list, crop:int, flip:bool, g:torch.Generator) -> tuple[list, torch.Tensor]:
     "Row indices and a batch of random `crop` crops (smaller when an image is), randomly flipped left-right."
     c = min([crop] + [min(im.shape[-2:]) for _, im in items]); out = []
@@ -418,7 +469,7 @@ def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt conte
                ) -> dict:
     "Learn the prompt context on human scores (MSE + PLCC on scores in [0,1]); returns the run's metrics."
     from tqdm.auto import tqdm
-    run = Path(run); run.mkdir(parents=True, exist_ok=True); ckf = run/'checkpoint.pt'
+    run, ckf, saved = _open_run(run, resume)
     val = val if val is not None and len(val) >= 3 else None
     if len(train) < 2: raise ValueError(f"{len(train)} training image(s): QualiCLIP+ needs at least 2 with human scores.")
     q = _quality(train); lo, hi = float(q.min()), float(q.max())
@@ -427,22 +478,21 @@ def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt conte
     pl = model.prompt_learner
     cfg = _plain({'epochs': epochs, 'lr': lr, 'batch_size': batch_size, 'crop': crop, 'flip': flip, 'w_mse': w_mse, 'w_plcc': w_plcc,
                   'patience': patience, 'seed': seed, 'n_ctx': pl.n_ctx, 'shared': pl.shared, 'temperature': model.temperature,
-                  'weights': getattr(model, 'checkpoint', None), 'data': _fingerprint(train, *([val] if val is not None else []))})
+                  'weights_sha256': weights_sha256(model), 'data': _fingerprint(train, *([val] if val is not None else []))})
     model.eval()
     if [n for n, p in model.named_parameters() if p.requires_grad] != ['prompt_learner.ctx']: check_frozen(model)
     opt = torch.optim.Adam([pl.ctx], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     st = {'epoch': 0, 'best': -math.inf, 'best_epoch': 0, 'bad': 0, 'stopped': False, 'history': []}
     resumed = False
-    if resume not in (False, 'no') and ckf.is_file():
-        saved = torch.load(ckf, map_location='cpu', weights_only=True)
+    if resume not in (False, 'no') and saved is not None:
         if saved['config'] == cfg:
             with torch.no_grad(): pl.ctx.copy_(saved['ctx'])
             opt.load_state_dict(saved['optim']); sched.load_state_dict(saved['sched'])
             st = saved['state']; best_ctx = saved['best_ctx']; resumed = True
             print(f"fit-prompts: resuming {ckf} at epoch {st['epoch']}", file=sys.stderr)
         else:
-            diff = {k: (saved['config'].get(k), v) for k, v in cfg.items() if saved['config'].get(k) != v}
+            diff = {k: (str(saved['config'].get(k))[:16], str(v)[:16]) for k, v in cfg.items() if saved['config'].get(k) != v}
             print(f"fit-prompts: {ckf} has other settings (saved, now: {diff}); starting again", file=sys.stderr)
     fv = image_features(model, val) if val is not None else None
     qv = _quality(val) if val is not None else None
@@ -530,6 +580,22 @@ def prompts_key(spec:str, # a T2 training side: `name` or `name[subset]`
     return m[1] + ('-' + sub if sub else '')
 
 # %% ../nbs/12_prompts.ipynb #f1e34838
+def prompts_outputs(out:str|Path, # the prompts file
+                    metrics:str|None=None, # its metrics JSON (None: <out stem>.metrics.json beside it)
+                    run:str|None=None, # the run folder (None: <out stem>.run beside it)
+                    inputs=(), # the command's input paths (none may be an output)
+                   ) -> tuple[Path, Path, Path]:
+    "(out, metrics, run) of fit-prompts, each checked before any work; the defaults are named after --out, never a shared name."
+    out = Path(out); mfile = Path(metrics) if metrics else out.with_name(out.stem + '.metrics.json')
+    rundir = Path(run) if run else out.with_name(out.stem + '.run')
+    check_output(out, 'checkpoint', inputs, what='--out', quiet=True)   # (the command line has said it replaces an earlier one)
+    check_output(mfile, 'json', inputs, what='--metrics', quiet=metrics is not None)
+    check_output(rundir, 'run', inputs, what='--run')
+    names = [os.path.abspath(x) for x in (out, mfile, rundir)]
+    if len(set(names)) < 3:
+        raise OutputError(f"--out {out}, --metrics {mfile} and --run {rundir} must be three different paths; choose other names.")
+    return out, mfile, rundir
+
 @writes(inputs=('weights', 'root', 'params'), out='checkpoint', metrics='json', run='run')
 def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose CLIP stays frozen, e.g. runs/demo/qualiclip.pth
                     dataset:str, # dataset name, e.g. koniq10k or demo
@@ -537,7 +603,7 @@ def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose 
                     out:str='prompts.pth', # the prompts file to write (pyiqa's layout)
                     subset:str|None=None, # keep images whose path or reference contains this (e.g. chelsea); '' for all
                     params:str|None=None, # a profile whose `prompts:` section gives the recipe (options given here win)
-                    metrics:str|None=None, # metrics JSON to write (default: metrics.json beside --out)
+                    metrics:str|None=None, # metrics JSON to write (default: <out>.metrics.json beside --out)
                     run:str|None=None, # folder of the resumable checkpoint and dvclive curves (default: <out>.run beside --out)
                     split:str|None=None, # 'auto' (official split, else seeded 70/10/20 split) or 'all' [auto]
                     split_index:int|None=None, # which seeded split, 0-9 [0]
@@ -568,8 +634,8 @@ def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose 
     dev = get_device(device or p.get('device') or 'auto')
     if root is None:
         root = str(repo_root()/(p.get('prepare') or {}).get('index', 'data/index')/f'{dataset}.csv')
-    out = Path(out); mfile = Path(metrics) if metrics else out.with_name('metrics.json')
-    rundir = Path(run) if run else out.with_name(out.stem + '.run')
+    out, mfile, rundir = prompts_outputs(out, metrics, run, inputs=[weights, root, params])   # before any work
+    _open_run(rundir, resume, create=False)   # its checkpoint too, before the model loads
     tr, va, te, proto = prompt_splits(read_table(dataset, root, subset or None), dataset, r['split'], int(r['split_index']),
                                       split_seed=int(r['split_seed']), val_frac=float(r['val_frac']), seed=seed)
     print(f"fit-prompts {dataset}{'[' + subset + ']' if subset else ''}: {len(tr)} train, {len(va)} val, {len(te)} test images ({proto})")
