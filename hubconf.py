@@ -7,13 +7,47 @@
 The model scores images at their native size (no resize, no crop). `model.model` is the underlying
 `qualiclip.model.QualiCLIP` (inputs in [0,1], `score`, `export_official`, ...).
 """
-import os as _os, sys as _sys
+import os as _os, re as _re, sys as _sys
 
 dependencies = ['torch', 'open_clip']
 
 _REPO = _os.path.dirname(_os.path.abspath(__file__))
 if _REPO not in _sys.path: _sys.path.insert(0, _REPO)
 import qualiclip.model as _qm   # imported now: torch.hub drops the repository from sys.path after loading this file
+
+
+def _released():
+    """The authors' released qualiclip.pth from torch.hub's cache (downloaded once), its SHA-256 checked before use.
+    A cached file with no SHA-256 to check it against (placed there by another loader or by hand) is refused, not trusted."""
+    from pathlib import Path
+    import torch
+    d = Path(torch.hub.get_dir()) / 'checkpoints'; f, rec = d / 'qualiclip.pth', d / 'qualiclip.pth.sha256'
+    if f.is_file() and not _qm.RELEASED_SHA256:
+        want = rec.read_text().strip().lower() if rec.is_file() else ''
+        if not _re.fullmatch('[0-9a-f]{64}', want):
+            raise _qm.WeightsUnavailableError(
+                f"{f} is in torch.hub's cache, but {'no SHA-256 was recorded for it' if not want else f'its SHA-256 record {rec} is damaged'} "
+                f"(it was not downloaded by this loader), so it cannot be checked: delete it to download the release afresh, "
+                f"or, if you trust it, pass it as weights='{f}'.")
+    return _qm.released_checkpoint()   # checks the file against the recorded (or pinned) SHA-256
+
+
+def _check_batch(module, args):
+    "Refuse any input but a (B,3,H,W) batch, with one message saying what is expected (a forward pre-hook)."
+    x = args[0] if args else None
+    shape = tuple(getattr(x, 'shape', ()))
+    if len(shape) == 4 and shape[1] == 3: return None
+    hint = (' (channels last? use x.permute(0, 3, 1, 2))' if len(shape) == 4 and shape[-1] == 3 else
+            ' (one image? use x[None])' if len(shape) == 3 and shape[0] == 3 else '')
+    raise ValueError(f"QualiCLIP expects a batch of RGB images (B,3,H,W) normalised with CLIP's mean and std, got "
+                     f"{'shape ' + str(shape) if hasattr(x, 'shape') else type(x).__name__}{hint}.")
+
+
+def _hub_model(model):
+    "The hub convention: `model(x)` on CLIP-normalised (B,3,H,W) batches, in eval mode, other shapes refused clearly."
+    m = _qm.ClipNormalisedQualiCLIP(model).eval()
+    m.register_forward_pre_hook(_check_batch)
+    return m
 
 
 def _device(device): return 'cpu' if device is None else device
@@ -27,10 +61,10 @@ def QualiCLIP(pretrained=True, weights=None, device=None):
     weights: a local checkpoint in the official layout (the released file, or one of ours); wins over `pretrained`
     device: where the model lives: None (the CPU), 'cpu', 'cuda', 'auto', ...
     """
-    if weights is None and pretrained: weights = _qm.released_checkpoint()
+    if weights is None and pretrained: weights = _released()
     if weights is None: model = _qm.QualiCLIP(_qm.DEFAULT_BACKBONE).to(_qm.get_device(_device(device)))
     else: model = _qm.QualiCLIP.from_checkpoint(weights, device=_device(device))
-    return _qm.ClipNormalisedQualiCLIP(model).eval()
+    return _hub_model(model)
 
 
 def QualiCLIP_run(run='runs/demo', device=None):
@@ -57,6 +91,6 @@ def QualiCLIP_plus(prompts, weights=None, pretrained=True, device=None):
     device: where the model lives: None (the CPU), 'cpu', 'cuda', 'auto', ...
     """
     from qualiclip.prompts import qualiclip_plus_scorer
-    if weights is None and pretrained: weights = _qm.released_checkpoint()
+    if weights is None and pretrained: weights = _released()
     if weights is None: raise ValueError("QualiCLIP_plus needs QualiCLIP weights: pass weights='/path/to/qualiclip.pth' or pretrained=True.")
-    return _qm.ClipNormalisedQualiCLIP(qualiclip_plus_scorer(weights=weights, prompts=prompts, device=_device(device))).eval()
+    return _hub_model(qualiclip_plus_scorer(weights=weights, prompts=prompts, device=_device(device)))

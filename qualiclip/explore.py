@@ -5,7 +5,7 @@
 # %% ../nbs/16_explore.ipynb #ea8d7a53
 from __future__ import annotations
 
-import hashlib, io, math, sys, time
+import hashlib, io, math, sys, time, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from .core import DEMO_PHOTOS, atomic_path, demo_photo, load_image, load_params, pil_to_tensor, repo_root, save_image
+from .core import ImageReadError, check_output, load_pil
 from .distortions import DISTORTIONS, distort
 from .model import PROMPTS
 from fastcore.basics import patch
 from .core import writes
 
 # %% auto #0
-__all__ = ['quantize', 'load_source', 'degrade', 'load_scorer', 'pair_probs', 'default_paths', 'Explorer', 'panel_figure',
-           'parse_levels', 'explore_cmd', 'time_update', 'bench_explore_cmd']
+__all__ = ['MIN_SIDE', 'quantize', 'check_size', 'check_pixels', 'load_source', 'degrade', 'load_scorer', 'pair_probs',
+           'default_paths', 'Explorer', 'panel_figure', 'parse_levels', 'explore_cmd', 'time_update',
+           'bench_explore_cmd']
 
 # %% ../nbs/16_explore.ipynb #6565b729
 def quantize(x:torch.Tensor, # image (3,H,W) in [0,1]
@@ -30,22 +32,56 @@ def quantize(x:torch.Tensor, # image (3,H,W) in [0,1]
     return x.clamp(0, 1).mul(255).round().div(255)
 
 # %% ../nbs/16_explore.ipynb #52ddd6c0
+MIN_SIDE = 32   # the image towers' smallest input side in pixels
+
+def check_size(size:int|None, # shorter side of the picture in pixels (0 or None: as it is)
+               what:str='size', # how the user named it, for messages ('--size' on the command line)
+              ) -> int|None:
+    "The size when it is usable (0 or None: the picture as it is, else at least `MIN_SIDE`); one error naming it otherwise."
+    if size is None or (isinstance(size, int) and not isinstance(size, bool) and (size == 0 or size >= MIN_SIDE)): return size
+    raise ValueError(f"{what} {size}: give the shorter side of the picture in pixels, at least {MIN_SIDE} "
+                     "(0 keeps the picture's own size), e.g. 384.")
+
+def check_pixels(source, # an image file path, or an uploaded file's bytes
+                 max_pixels:int|None, # the most pixels decoded (None or 0: no limit)
+                 name:str|None=None, # what to call the picture in messages
+                ) -> None:
+    "Refuse, from the header alone (nothing decoded), a picture with more than `max_pixels` pixels."
+    if not max_pixels: return
+    from PIL import Image
+    data = isinstance(source, (bytes, bytearray, memoryview))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # (Pillow's decompression-bomb warning: the size is checked here)
+            with Image.open(io.BytesIO(bytes(source)) if data else source) as im: w, h = im.size
+    except Exception: return   # unreadable: the decoder gives the precise message
+    if w * h > max_pixels:
+        raise ImageReadError(f"{name or source}: {w}x{h} is {w*h/1e6:.3g} MP, above the {max_pixels/1e6:g} MP the explorer decodes "
+                             "(memory grows with it); shrink the picture first, or raise --max-pixels.")
+
 def load_source(source, # a demo photo name (`qualiclip.core.DEMO_PHOTOS`), an image file path, or an uploaded file's bytes
-                size:int|None=384, # shorter side in pixels (None: as it is)
+                size:int|None=384, # shorter side in pixels (None or 0: as it is)
+                max_pixels:int|None=40_000_000, # refuse larger pictures from the header, before decoding (None or 0: no limit)
                ) -> torch.Tensor:
     "The picture to explore as a float (3,H,W) tensor in [0,1], shorter side `size`, rounded to 8 bits."
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        from PIL import Image, ImageOps
-        try: x = pil_to_tensor(ImageOps.exif_transpose(Image.open(io.BytesIO(bytes(source)))).convert('RGB'))
-        except Exception as e: raise ValueError(f"The uploaded file is not a readable image ({type(e).__name__}); upload a JPEG or PNG.") from None
+    check_size(size)
+    if isinstance(source, (bytes, bytearray, memoryview)):   # an upload: the same decoder as a file (16-bit, alpha, EXIF, CMYK)
+        name = 'the uploaded file'; check_pixels(source, max_pixels, name)
+        try: x = pil_to_tensor(load_pil(bytes(source), name=name))
+        except ImageReadError as e:
+            why = str(e).split(': ', 1)[-1].split(';')[0]
+            raise ImageReadError(f"The uploaded file is not a readable image ({why}); upload a JPEG or PNG.") from None
     elif isinstance(source, str) and source in DEMO_PHOTOS:
-        x = torch.from_numpy(demo_photo(source).copy()).permute(2, 0, 1).float() / 255
+        name = source; x = torch.from_numpy(demo_photo(source).copy()).permute(2, 0, 1).float() / 255
     else:
-        x = load_image(source)
+        name = str(source); check_pixels(source, max_pixels); x = load_image(source)
     if size:
         h, w = x.shape[-2:]; s = size / min(h, w)
         if s != 1: x = F.interpolate(x[None], (max(1, round(h*s)), max(1, round(w*s))), mode='bilinear', antialias=True,
                                      align_corners=False)[0]
+    if min(x.shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"{name}: {x.shape[-1]}x{x.shape[-2]} px is below the {MIN_SIDE} px per side the image towers need; "
+                         f"pass --size 384 (or size=384) to upscale it.")
     return quantize(x)
 
 # %% ../nbs/16_explore.ipynb #fadf6def
@@ -146,12 +182,14 @@ class Explorer:
                  max_cached:int=64, # images (and model outputs) kept in each cache
                  threads:int|None=None, # torch threads while computing (None: torch's setting; 1 is fastest on a busy machine)
                  precision:str='auto', # CLIP image towers: 'auto' (CPU: fp32, exact), 'bf16' (about 2x faster on CPUs with AMX; gradCAM stays fp32)
+                 max_pixels:int|None=40_000_000, # refuse larger pictures from the header, before decoding (None or 0: no limit)
                 ):
+        check_size(size)
         if isinstance(checkpoints, (str, Path)): checkpoints = [checkpoints]
         if not checkpoints: raise ValueError("No checkpoint given: pass one or two QualiCLIP checkpoints (official layout), e.g. runs/demo/qualiclip.pth.")
         self.checkpoints = [str(c) for c in checkpoints]
         self.clipiqa, self.niqe, self.size, self.seed, self.gradcam, self.device = clipiqa, niqe, size, seed, gradcam, device
-        self.precision = precision
+        self.precision, self.max_pixels = precision, max_pixels
         self.max_cached, self.threads, self.stats = max_cached, threads, {'images': 0, 'outputs': 0, 'hits': 0}
         self._images, self._outputs, self._sources = OrderedDict(), OrderedDict(), OrderedDict()
 
@@ -164,7 +202,7 @@ class Explorer:
     def source(self, src) -> torch.Tensor:
         "The pristine picture of a source (demo name, path or uploaded bytes), cached."
         k = hashlib.sha1(bytes(src)).hexdigest() if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
-        return self._remember(self._sources, (k, self.size), lambda: load_source(src, self.size))
+        return self._remember(self._sources, (k, self.size), lambda: load_source(src, self.size, self.max_pixels))
 
     def image(self, src, type:str, level:int) -> torch.Tensor:
         "The degraded picture, computed once per (source, type, level, seed)."
@@ -350,10 +388,14 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
                 threads:int=0, # torch threads (0: torch's default)
                 precision:str='auto', # CLIP image towers: auto (CPU: fp32, as `qualiclip score`), bf16 (faster with AMX), fp32
                 dpi:int=90, # resolution of the PNG
+                max_pixels:int=40_000_000, # refuse a larger picture from its header, before decoding it (0: no limit)
                ) -> int:
     "Draw the explorer's panel (picture and scores, gradCAM, prompt pairs) for the levels of one distortion type."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    check_output(out, 'image', [image, *(weights or []), clipiqa_weights, niqe_params], '--out', quiet=True)   # before any work
+    check_size(size, '--size')
+    if max_pixels < 0: raise ValueError(f"--max-pixels {max_pixels}: give a number of pixels, e.g. 40000000 (0: no limit).")
     lv = parse_levels(levels)
     if type not in DISTORTIONS: raise ValueError(f"--type {type}: unknown distortion type; choose one of: {', '.join(DISTORTIONS)}.")
     d = default_paths()
@@ -361,7 +403,8 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
     if not cks: raise ValueError("No checkpoint: pass --weights FILE (a QualiCLIP checkpoint in the official layout), or train one with `make repro`.")
     if len(cks) > 2: raise ValueError(f"--weights: at most two checkpoints to compare, got {len(cks)}.")
     ex = Explorer(cks, clipiqa=clipiqa_weights or d['clipiqa'], niqe=niqe_params or d['niqe'], size=size, seed=seed,
-                  gradcam=gradcam, device=device, threads=threads or None, precision=precision)
+                  gradcam=gradcam, device=device, threads=threads or None, precision=precision, max_pixels=max_pixels or None)
+    ex.source(image)   # the picture read (its size checked from the header first) before any model is loaded
     from tqdm.auto import tqdm
     res = [ex.compute(image, type, l) for l in tqdm(lv, desc='explore', unit='level')]
     fig = panel_figure(res, ex.checkpoints)

@@ -461,7 +461,13 @@ def read_official(path:str|Path, # checkpoint file in the official layout
                          f"'prompts_features'; found {keys}). Plain CLIP weights go to --pretrained instead.")
     extra = [k for k in sd if k != 'prompts_features' and not k.startswith('clip_model.')]
     if extra: raise ValueError(f"{path}: unexpected key(s) {extra[:5]} besides 'clip_model.*' and 'prompts_features'.")
-    return {k[len('clip_model.'):]: v for k, v in sd.items() if k.startswith('clip_model.')}, sd['prompts_features']
+    pf = sd['prompts_features']   # (2P, D): positive and negative prompt of each pair, interleaved
+    if torch.is_tensor(pf) and pf.ndim == 2 and pf.shape[0] % 2 == 0 and pf.numel():
+        f = pf.float(); void = int((f.norm(dim=-1) < 1e-6).sum()); same = int((f[0::2] == f[1::2]).all(-1).sum())   # (NaN: rows fail, naming it)
+        if void or same: raise ValueError(f"{path}: its 'prompts_features' are degenerate ({void} of {pf.shape[0]} rows zero, "
+                                          f"{same} of {pf.shape[0] // 2} pairs with identical positive and negative prompts): every image would "
+                                          "score 0.5. The checkpoint is damaged: use the released qualiclip.pth, or save the model again.")
+    return {k[len('clip_model.'):]: v for k, v in sd.items() if k.startswith('clip_model.')}, pf
 
 # %% ../nbs/03_model.ipynb #9b81a51f
 def infer_config(sd:dict, # CLIP state dict (no prefix)
@@ -629,12 +635,16 @@ def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None
         if sha256 is None:
             with atomic_path(rec) as t: t.write_text(_sha256(f) + '\n')
         return f
-    want = sha256 or (rec.read_text().strip() if rec.is_file() else None)
-    if want:
-        got = _sha256(f)
-        if not got.startswith(want.lower()):
-            raise ValueError(f"{f}: SHA-256 {got} does not match {want} (a damaged or different file); delete it and "
-                             f"load again to download it afresh, or pass a file you trust with weights=.")
+    try: recorded = rec.read_text().strip().lower() if rec.is_file() else ''
+    except (OSError, UnicodeError): recorded = ''
+    if sha256: want = sha256.lower()        # pinned (a prefix is enough, as torch.hub's hash_prefix)
+    elif len(recorded) == 64 and all(c in '0123456789abcdef' for c in recorded): want = recorded
+    else: raise WeightsUnavailableError(f"{f} is cached but no SHA-256 was recorded for it ({rec} is missing or not a digest), so "
+                                        "it cannot be checked: delete it and load again to download it afresh, or pass a file you trust with weights=.")
+    got = _sha256(f)
+    if not got.startswith(want):
+        raise ValueError(f"{f}: SHA-256 {got} does not match {want} (a damaged or different file); delete it and "
+                         f"load again to download it afresh, or pass a file you trust with weights=.")
     return f
 
 # %% ../nbs/03_model.ipynb #7c1486f3

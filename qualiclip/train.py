@@ -5,7 +5,7 @@
 # %% ../nbs/05_train.ipynb #a133d175
 from __future__ import annotations
 import dataclasses, json, math, os, random, sys, tempfile, time, warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import atomic_path, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
+from .core import FOLDER_MARK, OutputError, check_output, folder_mark, mark_folder
 from .losses import qualiclip_loss
 from .pairs import derive_seed
 from .core import writes
@@ -23,9 +24,10 @@ from .core import writes
 # %% auto #0
 __all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
            'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state',
-           'bn_has_statistics', 'Trainer', 'move_aside', 'resume_decision', 'trim_live', 'stale_temporaries', 'train',
-           'level_order', 'level_order_cmd', 'train_cmd', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run',
-           'plot_run_cmd']
+           'bn_has_statistics', 'Trainer', 'CheckpointWriteError', 'write_errors', 'is_training_checkpoint',
+           'run_state', 'run_kind', 'check_run_folder', 'adopt_run', 'move_aside', 'resume_decision', 'trim_live',
+           'check_live', 'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'bench_train',
+           'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
 _AT_LEAST = {'crop': 32, 'levels': 2, 'max_distortions': 1, 'max_offset': 0, 'batch_size': 1, 'workers': 0, 'steps': 1,
@@ -158,6 +160,19 @@ class TrainConfig:
         d = asdict(self); d['betas'], d['scale'] = list(d['betas']), list(d['scale']); return d
 
 # %% ../nbs/05_train.ipynb #07db67fe
+def _section(p:dict, # a params dict (or a section of one)
+             key:str, # the key of a section that must be a mapping when present
+             params, # the params file (or dict), for messages
+             name:str|None=None, # how the section is called in messages (default: `key`)
+            ) -> dict:
+    "A section of the params as a dict ({} when absent or empty); one ValueError naming it and the file when it is not a mapping."
+    v = p.get(key)
+    if v is None: return {}
+    if isinstance(v, dict): return v
+    where = 'the params' if isinstance(params, dict) else f"the params file {params}"
+    raise ValueError(f"`{name or key}:` in {where} must be a mapping of keys (see params.yaml), not the "
+                     f"{type(v).__name__} {v!r}; fix it there.")
+
 def train_config(params:str|dict='params.yaml', # params file or dict (the profile)
                  ablation:str|None=None, # apply `ablations.<name>` and write to `<ablations_dir>/<name>`
                  **overrides, # TrainConfig fields that win over the profile
@@ -165,7 +180,7 @@ def train_config(params:str|dict='params.yaml', # params file or dict (the profi
     "The profile's `TrainConfig`: `train:` plus the values it shares with the rest of the profile (one source each)."
     p = params if isinstance(params, dict) else load_params(params); t = p.get('train')
     if not isinstance(t, dict): raise ValueError(f"The params have no `train:` mapping (got {type(t).__name__}); see params.yaml.")
-    model = p.get('model') or {}
+    model = _section(p, 'model', params)
     shared = {'backbone': model.get('backbone'), 'device': p.get('device'), 'seed': p.get('seed'),
               'pretrained': f"{model['init_dir']}/clip.pt" if model.get('init_dir') else None}
     source = {'backbone': 'model.backbone', 'device': 'device', 'seed': 'seed', 'pretrained': 'model.init_dir'}
@@ -173,9 +188,9 @@ def train_config(params:str|dict='params.yaml', # params file or dict (the profi
     if dup: raise ValueError(f"train.{dup[0]} is set in two places: it comes from {source[dup[0]]}; remove it from the train: section.")
     cfg = {**{k: v for k, v in shared.items() if v is not None}, **t}
     if ablation is not None:
-        abl = p.get('ablations') or {}
-        if ablation not in abl: raise ValueError(f"No ablations.{ablation} in the params; known: {sorted(abl)}.")
-        cfg.update(abl[ablation] or {}); cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
+        abl = _section(p, 'ablations', params)
+        if ablation not in abl: raise ValueError(f"No ablations.{ablation} in the params; known: {sorted(map(str, abl))}.")
+        cfg.update(_section(abl, ablation, params, f'ablations.{ablation}')); cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
     cfg.update(overrides)
     for k in ('pristine', 'val_pristine', 'pretrained', 'out'):
         if isinstance(cfg.get(k), str) and cfg[k].lower() not in ('none', 'null', '', 'openai'): cfg[k] = str(resolve(cfg[k]))
@@ -462,16 +477,23 @@ def batches(self:Trainer):
 
 # %% ../nbs/05_train.ipynb #47dbd053
 @patch
-def validate(self:Trainer) -> dict:
-    "Metrics of the current model on the fixed validation set (built on first use)."
+def val_set(self:Trainer) -> tuple:
+    "The fixed validation set (built once); one error naming the held-out folder when none of its images can be read."
     c = self.cfg
     if self._val is None:
         val = pristine_dataset(c.val_pristine, 'val', c.crop, (c.val_scale, c.val_scale), c.seed)
         ims = [im for im in (val[i] for i in range(len(val))) if im is not None]
+        if not ims: raise ValueError(f"train.val_pristine {c.val_pristine}: none of its {len(val)} image file(s) could be read "
+                                     "(see the warnings above); give a folder of readable held-out images (--val-pristine).")
         self._val = make_val_set(ims, c.crop, c.levels, c.val_repeats, c.max_distortions, seed=derive_seed(c.seed, 'validation'),
                                  device=self.device, ordered_only=c.val_ordered_only,
                                  balanced=c.val_balanced)
-    return validate(self.model, *self._val, batch_size=c.val_batch_size, amp_dtype=self.amp)
+    return self._val
+
+@patch
+def validate(self:Trainer) -> dict:
+    "Metrics of the current model on the fixed validation set (built on first use)."
+    return validate(self.model, *self.val_set(), batch_size=self.cfg.val_batch_size, amp_dtype=self.amp)
 
 # %% ../nbs/05_train.ipynb #39af11dd
 @patch
@@ -488,13 +510,31 @@ def state(self:Trainer) -> dict:
             'config': self.cfg.to_dict()}
 
 # %% ../nbs/05_train.ipynb #69df2803
+class CheckpointWriteError(OSError):
+    "A run's file that could not be written (a full disk, most often); the message names it and what to do."
+
+@contextmanager
+def write_errors(path:str|Path, # the file being written
+                ):
+    "Turn a failed write of `path` (an `OSError`, or the `RuntimeError` torch.save raises) into one error naming it."
+    import errno
+    try: yield
+    except CheckpointWriteError: raise
+    except (OSError, RuntimeError) as e:
+        full = getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'file write failed', 'No space left'))
+        if isinstance(e, RuntimeError) and not full: raise
+        why = 'the disk may be full: free some space' if full else f"{e.strerror or e}: fix that"
+        raise CheckpointWriteError(f"{path} could not be written ({why}), then run the same command again (the file "
+                                   "written before is left intact, and the run resumes from the last complete checkpoint).") from None
+
 @patch
 def save(self:Trainer):
     "Write checkpoint.pt and qualiclip.pth atomically (rank 0); every process must call it."
     st = self.state()
     if not self.main: return
-    with atomic_path(self.out/'checkpoint.pt') as t: torch.save(st, t)
-    self.model.export_official(self.out/'qualiclip.pth')  # written atomically by the model
+    with write_errors(self.out/'checkpoint.pt'), atomic_path(self.out/'checkpoint.pt') as t: torch.save(st, t)
+    with write_errors(self.out/'qualiclip.pth'): self.model.export_official(self.out/'qualiclip.pth')  # written atomically by the model
 
 # settings that may change between an interrupted run and its resume; every other setting must be the same
 _RESUME_FREE = ('device', 'out', 'workers', 'val_every', 'log_every', 'ckpt_every', 'progress', 'stop_at', 'steps',
@@ -544,7 +584,7 @@ def _json_safe(v):
 
 # %% ../nbs/05_train.ipynb #091984ce
 def _write_json(d:dict, path:Path):
-    with atomic_path(path) as t: t.write_text(json.dumps(_json_safe(d), indent=2, allow_nan=False) + '\n')
+    with write_errors(path), atomic_path(path) as t: t.write_text(json.dumps(_json_safe(d), indent=2, allow_nan=False) + '\n')
 
 # %% ../nbs/05_train.ipynb #9d79f4fc
 def _settings_diff(saved:dict, now:dict) -> dict:
@@ -552,15 +592,56 @@ def _settings_diff(saved:dict, now:dict) -> dict:
     return {k: (saved.get(k), v) for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v}
 
 # %% ../nbs/05_train.ipynb #0a22f1d2
-def move_aside(folder:str|Path, # a run folder
+_CHECKPOINT_KEYS = {'step', 'model', 'optimizer', 'scheduler', 'config'}   # what `Trainer.state` always writes
+
+def is_training_checkpoint(path:str|Path, # a file, e.g. <run>/checkpoint.pt
+                          ) -> bool:
+    "Whether a file is a training checkpoint of this project: it loads with `weights_only=True` and holds a run's state and settings."
+    p = Path(path)
+    if not p.is_file(): return False
+    try: st = torch.load(p, map_location='cpu', weights_only=True, mmap=True)   # mapped: not gigabytes of optimiser state read
+    except Exception: return False   # (torch.save has written zip archives, which map, since torch 1.6)
+    return isinstance(st, dict) and _CHECKPOINT_KEYS <= set(st) and isinstance(st['config'], dict) and 'backbone' in st['config']
+
+def run_state(folder:str|Path, # a run folder (`--out`, `train.out`)
+             ) -> str:
+    "'new' (missing or empty), 'run' (marked by `train`), 'earlier' (unmarked, its checkpoint.pt a training checkpoint: a run of an earlier version) or 'other'."
+    p = Path(folder)
+    if not p.is_dir() or not any(p.iterdir()): return 'new'
+    if (folder_mark(p) or {}).get('kind') == 'run': return 'run'
+    return 'earlier' if is_training_checkpoint(p/'checkpoint.pt') else 'other'
+
+def run_kind(out:str, # the run folder the command line was given
+            ) -> str:
+    "The output kind `train --out` is checked as before any work: 'run', or 'folder' for a run of an earlier version (no mark yet)."
+    return 'folder' if run_state(out) == 'earlier' else 'run'
+
+def check_run_folder(out:str|Path, # the run folder
+                     inputs=(), # the run's input paths (pristine folders, starting weights): the run folder may be none of them
+                     what:str='train.out', # how the user named it, for messages
+                    ) -> Path:
+    "Check a run folder before any work: a new or empty folder, a run of this project, or a run of an earlier version; `OutputError` for any other."
+    return check_output(out, run_kind(out), inputs, what)
+
+def adopt_run(folder:str|Path, # a run folder that `check_run_folder` accepted
+             ) -> Path:
+    "Mark a new or empty folder, or a run of an earlier version, as a training run of this project (a marked run is left as it is)."
+    st = run_state(folder)
+    if st == 'other': raise OutputError(f"{folder} is not empty and is not a training run of this project: nothing was written; "
+                                        "give a new or empty folder.")
+    if st != 'run': mark_folder(folder, 'run', command='qualiclip train', **({'adopted': 'an earlier version'} if st == 'earlier' else {}))
+    return Path(folder)
+
+def move_aside(folder:str|Path, # a training run of this project (marked)
               ) -> Path:
-    "Rename a run folder to `<name>.prev-<time>` (never deleting it) and return the new path."
-    folder = Path(folder); stamp = time.strftime('%Y%m%d-%H%M%S')
+    "Rename a run folder to `<name>.prev-<time>` (never deleting it) and return the new path; any folder but a marked run is refused."
+    folder = Path(folder)
+    if run_state(folder) != 'run': raise OutputError(f"{folder} is not a training run of this project (no {FOLDER_MARK} of kind 'run'): "
+                                                     "nothing was moved; give a new or empty folder.")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
     dest, k = folder.with_name(f'{folder.name}.prev-{stamp}'), 1
     while dest.exists(): dest, k = folder.with_name(f'{folder.name}.prev-{stamp}-{k}'), k + 1
     os.replace(folder, dest); return dest
-
-_RUN_MARKERS = ('checkpoint.pt', 'qualiclip.pth', 'best.pth', 'metrics.json', 'dvclive')  # what `fit` writes into a run folder
 
 # %% ../nbs/05_train.ipynb #3969904b
 def resume_decision(cfg:TrainConfig, # the run's settings
@@ -571,10 +652,11 @@ def resume_decision(cfg:TrainConfig, # the run's settings
     if r not in ('auto', 'yes', 'no'): raise ValueError(f"resume={resume!r}: use 'auto', 'yes' or 'no'.")
     out = Path(cfg.out); ck = out/'checkpoint.pt'
     if r == 'yes': return True, f"resuming {ck}"
-    if not out.is_dir() or not any(out.iterdir()): return False, ''
-    if not any((out/m).exists() for m in _RUN_MARKERS):   # only a folder a training run wrote is ever moved
-        raise ValueError(f"{out} holds files but no training run ({', '.join(_RUN_MARKERS)}); nothing was moved. "
-                         "Give a new or empty --out folder.")
+    st = run_state(out)
+    if st == 'new': return False, ''
+    if st == 'other':   # only a training run of this project is ever moved (file names such as metrics.json prove nothing)
+        raise OutputError(f"{out} is not empty and is not a training run of this project (no {FOLDER_MARK} of kind 'run'): "
+                          "nothing was moved or written; give a new or empty folder.")
     if r == 'auto' and ck.is_file():
         try: saved = torch.load(ck, map_location='cpu', weights_only=True)['config']
         except Exception as e: saved, why = None, f"its checkpoint cannot be read ({type(e).__name__}: {e})"
@@ -590,17 +672,49 @@ def trim_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
               step:int, # the step of the checkpoint a run resumes from
              ) -> int:
     "Drop the logged rows after `step` from dvclive's metric files (logged after the checkpoint, they are logged again); returns how many."
+    check_live(folder)
+    plan = [(f, _live_rows(f, step)) for f in sorted(Path(folder).glob('plots/metrics/**/*.tsv'))]   # every file read before any is written
     gone = 0
-    for f in sorted(Path(folder).glob('plots/metrics/**/*.tsv')):
-        lines = f.read_text().splitlines(True)
-        if not lines: continue
-        col = lines[0].rstrip('\n').split('\t').index('step') if 'step' in lines[0].split('\t') else None
-        if col is None: continue
-        keep = [lines[0]] + [l for l in lines[1:] if l.strip() and int(float(l.split('\t')[col])) <= step]
-        if len(keep) < len(lines):
-            gone += len(lines) - len(keep)
+    for f, (keep, n) in plan:
+        if len(keep) < n:
+            gone += n - len(keep)
             with atomic_path(f) as t: t.write_text(''.join(keep))
     return gone
+
+def _damaged(f:Path, what:str, step:int) -> ValueError:
+    "The error for a damaged dvclive metric file: names it, what is wrong and what to do."
+    return ValueError(f"{f}: {what}; repair it, or delete that file (dvclive starts it again at step {step + 1}), then run again.")
+
+def _live_rows(f:Path, # one dvclive metric file (TSV with a `step` column)
+               step:int, # the step of the checkpoint a run resumes from
+              ) -> tuple[list, int]:
+    "(the lines to keep: header and rows up to `step`, the number of lines); an incomplete last row (a killed write) is dropped."
+    try: lines = f.read_text(encoding='utf-8').splitlines(True)
+    except UnicodeDecodeError: raise _damaged(f, 'the training log is not text', step) from None
+    if not lines: return [], 0
+    head = lines[0].rstrip('\r\n').split('\t')
+    if 'step' not in head: raise _damaged(f, f"the training log's header {lines[0].strip()[:60]!r} has no step column", step)
+    col, keep = head.index('step'), [lines[0]]
+    for i, l in enumerate(lines[1:], 2):
+        if not l.strip(): continue
+        try: s = int(float(l.split('\t')[col]))
+        except (ValueError, IndexError, OverflowError):
+            if i == len(lines) and not l.endswith('\n'): continue   # cut off by a killed write: after the checkpoint, logged again
+            raise _damaged(f, f"line {i} ({l.strip()[:40]!r}) is not a row of the training log", step) from None
+        if s <= step: keep.append(l)
+    return keep, len(lines)
+
+def check_live(folder:str|Path, # a dvclive folder (`<run>/dvclive`)
+              ) -> None:
+    "Refuse to resume a dvclive folder whose summary (metrics.json) or parameters (params.yaml) cannot be read, naming the file."
+    import yaml
+    for name, read in (('metrics.json', json.loads), ('params.yaml', yaml.safe_load)):
+        f = Path(folder)/name
+        if not f.is_file(): continue
+        try: ok = isinstance(read(f.read_text(encoding='utf-8')), dict)
+        except (ValueError, UnicodeDecodeError, yaml.YAMLError): ok = False
+        if not ok: raise ValueError(f"{f}: dvclive's {'summary' if name == 'metrics.json' else 'copy of the settings'} is damaged; delete "
+                                    f"that file ({'written anew at the next logged step' if name == 'metrics.json' else 'checkpoint.pt keeps the settings'}), then run again.")
 
 # %% ../nbs/05_train.ipynb #22f79be3
 def stale_temporaries(folder:str|Path, # a run folder
@@ -615,9 +729,11 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
     "Train to cfg.steps (or cfg.stop_at) and return the final metrics; `resume`: see `resume_decision`."
     from tqdm.auto import tqdm
     c = self.cfg
+    if self.main: self.val_set()   # unreadable held-out images stop the run before anything is moved or written
     resume, why = resume_decision(c, resume) if self.main else (None, '')
     if self.world > 1:
         box = [resume, why]; dist.broadcast_object_list(box, src=0); resume, why = box
+    if self.main and run_state(self.out) == 'earlier': adopt_run(self.out)   # an earlier version's run: marked, then resumed or moved aside
     if not resume and why and self.main:
         print(why.replace('{dest}', str(move_aside(self.out))), file=sys.stderr)
     elif resume and self.main: print(why, file=sys.stderr)
@@ -626,7 +742,7 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
     if resume: self.load()
     live = None
     if self.main:
-        self.out.mkdir(parents=True, exist_ok=True)
+        adopt_run(self.out)   # created and marked as a run before anything is written into it
         for f in stale_temporaries(self.out): f.unlink(); print(f"removed {f} (left by a killed write)", file=sys.stderr)
         if resume: trim_live(self.out/'dvclive', self.step_no)
         from dvclive import Live
@@ -661,7 +777,7 @@ def fit(self:Trainer, resume:bool|str=False) -> dict:
                 v = self.validate(); metrics.update(v); log.update(v)
                 if v['val_srcc'] > self.best:
                     self.best, self.best_step = v['val_srcc'], s
-                    self.model.export_official(self.out/'best.pth')
+                    with write_errors(self.out/'best.pth'): self.model.export_official(self.out/'best.pth')
                 bar.write(f"step {s}: val_srcc {v['val_srcc']:.4f} val_plcc {v['val_plcc']:.4f} "
                           f"(pooled {v['val_srcc_pooled']:.4f}) loss {r['loss']:.4f}")
             if self.main and log:
@@ -688,6 +804,7 @@ def train(cfg:TrainConfig, # the run's settings
           resume:bool|str=False, # True/'yes': continue cfg.out/checkpoint.pt; 'auto': continue it when its settings match; False/'no': new run (an old one is moved aside)
          ) -> dict:
     "Run (or resume) a training run and return its final metrics; joins/leaves the process group under torchrun."
+    check_run_folder(cfg.out, [x for x in (cfg.pristine, cfg.val_pristine, cfg.pretrained) if x])   # before any work
     try: return Trainer(cfg).fit(resume=resume)
     finally: cleanup_distributed()
 
@@ -744,7 +861,7 @@ def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/
     return 0
 
 # %% ../nbs/05_train.ipynb #2bf62285
-@writes(inputs=('params', 'pristine', 'val_pristine', 'pretrained'), out='run')
+@writes(inputs=('params', 'pristine', 'val_pristine', 'pretrained'), out=run_kind)
 def train_cmd(params:str|None=None, # a profile (params.yaml): its training recipe (`train:` and the shared keys); options given here override it
               resume:str='auto', # auto: continue a run of the same settings, else move it aside and start anew; yes: continue or fail; no: start anew
               **overrides, # every TrainConfig field is an option: --crop 224, --lr 1e-5, --compile / --no-compile, ...
@@ -752,8 +869,10 @@ def train_cmd(params:str|None=None, # a profile (params.yaml): its training reci
     "Train QualiCLIP's image tower on degraded pristine images (one process, or each process under torchrun)."
     try:
         cfg = train_config(params, **overrides) if params else TrainConfig.from_params({}, **overrides)
+        what = '--out' if 'out' in overrides else f"train.out of {params}" if params else '--out (default)'
+        check_run_folder(cfg.out, [params, cfg.pristine, cfg.val_pristine, cfg.pretrained], what)   # before any work
         m = train(cfg, resume=resume)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:
         print(f"qualiclip train: {e}", file=sys.stderr); return 2
     if dist_env()[0] == 0:
         print(json.dumps(_json_safe({k: m[k] for k in ('step', 'val_srcc', 'val_plcc', 'best_val_srcc', 'crops_per_s') if k in m})))

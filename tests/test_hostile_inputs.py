@@ -127,7 +127,7 @@ def test_train_never_moves_a_folder_it_did_not_write(tmp_path):
     rc, out = q("train", "--backbone", "qualiclip-tiny", "--pretrained", "none", "--crop", "64", "--levels", "2",
                 "--batch-size", "2", "--steps", "1", "--val-repeats", "1", "--device", "cpu", "--out", mine,
                 "--no-progress", cwd=tmp_path, timeout=240)
-    assert rc == 2 and "holds files but no training run" in out and str(mine) in out, out[-2000:]
+    assert rc == 2 and "is not a training run of this project" in out and str(mine) in out, out[-2000:]
     assert (mine / "holiday.jpg").read_bytes() == b"the user's photo"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]          # no photos.prev-* beside it
 
