@@ -344,6 +344,7 @@ def _to_rgb(img:Image.Image, alpha:str) -> Image.Image:
 def load_pil(path, # an image file (str or Path), or its bytes / a binary file object (an upload, a shard member)
              alpha:str='white', # 'white': composite transparent images on white; 'drop': discard the alpha channel
              name:str|None=None, # the name messages give to bytes or a file object (e.g. the upload's file name)
+             max_pixels:int|None=None, # refuse larger images from the header, before decoding (None or 0: no limit)
             ) -> Image.Image:
     """Read an image as an RGB PIL image, EXIF orientation applied, 16-bit and float scaled, palette and alpha composited
     on white, CMYK converted; `ImageReadError` on any failure. The one decode path: files, uploads and shard members."""
@@ -361,9 +362,14 @@ def load_pil(path, # an image file (str or Path), or its bytes / a binary file o
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             with Image.open(src) as img:
+                w, h = img.size
+                if max_pixels and w * h > max_pixels:
+                    raise ImageReadError(f"{p}: {w}x{h} is {w*h/1e6:.3g} MP, above the {max_pixels/1e6:g} MP decoded at native "
+                                         "resolution (memory grows with it); pass --resize-short 512 to read it resized, or raise --max-pixels.")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img, alpha)
+    except ImageReadError: raise
     except UnidentifiedImageError:
         if p.suffix.lower() in PLUGIN_EXTS:
             raise ImageReadError(f"{p}: {p.suffix.lstrip('.').upper()} images need a Pillow plug-in: "

@@ -12,21 +12,62 @@ from PIL import Image
 from .core import ImageReadError, scan_images
 
 # %% auto #0
-__all__ = ['expand_inputs', 'check_pixels', 'batch_capacity', 'as_is', 'printable']
+__all__ = ['LIST_EXTS', 'is_file_list', 'read_file_list', 'expand_inputs', 'check_pixels', 'batch_capacity', 'check_options',
+           'as_is', 'printable']
 
 # %% ../nbs/03b_files.ipynb #bb730220
-def expand_inputs(paths, # files, folders or globs
+LIST_EXTS = ('.txt', '.lst')   # text file lists; a `.parquet` file with a `path` column is a list too
+
+def is_file_list(p, # an input path
+                ) -> bool:
+    "Whether an input is a file list: an existing `.txt`, `.lst` or `.parquet` file."
+    return Path(str(p)).suffix.lower() in LIST_EXTS + ('.parquet',) and Path(str(p)).is_file()
+
+def read_file_list(path:str|Path, # a text file (one path a line; blank lines and lines starting with # skipped) or a Parquet file with a `path` column
+                  ) -> list[str]:
+    "The paths a file list names, each literal (never a pattern); relative paths are taken from the list's folder."
+    p = Path(path)
+    if p.suffix.lower() == '.parquet':
+        import pyarrow.parquet as pq
+        try: names = pq.read_schema(p).names
+        except Exception as e: raise ValueError(f"{p}: not a readable Parquet file list ({type(e).__name__}); give a Parquet file with a 'path' column.") from None
+        if 'path' not in names: raise ValueError(f"{p}: a Parquet file list needs a 'path' column (it has {names[:8]}).")
+        items = [str(x) for x in pq.read_table(p, columns=['path']).column('path').to_pylist() if x]
+    else:
+        data = p.read_bytes()
+        if data.startswith((b'\xff\xfe', b'\xfe\xff')) or b'\x00' in data:
+            raise ValueError(f"{p}: not a text file list (UTF-16 or binary); save it as UTF-8 text, one path a line.")
+        text = data.removeprefix(b'\xef\xbb\xbf').decode('utf-8', 'surrogateescape')   # bytes that are not UTF-8: the file system's own names
+        items = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    return [s if Path(s).is_absolute() else str(p.parent / s) for s in items]
+
+def _listed(p:str, # a path from a file list
+            lst, # the list it came from
+            recursive:bool, # descend into sub-folders of a folder listed
+           ) -> list[tuple[str, str]]:
+    "(path, error) rows of one path named in a file list: the path itself, never a pattern."
+    if os.path.lexists(p):   # an existing path is literal
+        try: return [(str(f), e) for f, e in scan_images([p], recursive=recursive)]
+        except (FileNotFoundError, ValueError, OSError) as e: return [(p, f"{e} (named in {lst})")]
+    try: p.encode('utf-8'); hint = ''
+    except UnicodeEncodeError: hint = ' (the list is not UTF-8: save it as UTF-8)'
+    return [(p, f"{p}: no such file (named in {lst}){hint}; check the list.")]
+
+def expand_inputs(paths, # files, folders, globs or file lists (`is_file_list`)
                   recursive:bool, # descend into sub-folders
                  ) -> list[tuple[str, str]]:
-    "(path, error) rows: one per file named, plus the files of folders/globs not already listed; missing paths get an error."
+    "(path, error) rows: one per file named (also in a file list), plus the files of folders/globs not already listed; missing paths get an error."
     out, seen = [], set()
     for p in ([paths] if isinstance(paths, (str, Path)) else paths):
-        try: rows = scan_images([p], recursive=recursive)
-        except (FileNotFoundError, ValueError, OSError) as e: out.append((str(p), str(e))); continue
         named = Path(p).is_file()  # a file named explicitly always gets its row (callers map rows to their inputs)
-        for f, e in rows:
-            k = f.absolute() if e else f.resolve()
-            if named or k not in seen: seen.add(k); out.append((str(f), e))
+        if named and is_file_list(p): groups = [(True, _listed(q, p, recursive)) for q in read_file_list(p)]
+        else:
+            try: groups = [(named, [(str(f), e) for f, e in scan_images([p], recursive=recursive)])]
+            except (FileNotFoundError, ValueError, OSError) as e: out.append((str(p), str(e))); continue
+        for one, rows in groups:
+            for f, e in rows:
+                k = Path(f).absolute() if e else Path(f).resolve()
+                if one or k not in seen: seen.add(k); out.append((f, e))
     return out
 
 # %% ../nbs/03b_files.ipynb #935c4477
@@ -49,6 +90,16 @@ def batch_capacity(height:int, # image height after any resize
                   ) -> int:
     "Images of one size that share a forward pass: `batch_size`, fewer when their pixels exceed the budget, at least 1."
     return max(1, min(batch_size, batch_pixels // (height * width))) if batch_pixels else batch_size
+
+def check_options(batch_size:int=1, # most images per forward pass: at least 1
+                  batch_pixels:int|None=None, # pixel budget of a pass: >= 0 (0 or None: none)
+                  max_pixels:int|None=None, # native-resolution ceiling: >= 0 (0 or None: none)
+                  workers:int=0, # decoding processes: >= 0
+                 ) -> None:
+    "Refuse, before any work, option values that make no sense (a negative limit would refuse every image), naming the option."
+    if batch_size < 1: raise ValueError(f"--batch-size {batch_size}: give a positive number of images.")
+    for name, v, zero in [('batch-pixels', batch_pixels, 'no budget'), ('max-pixels', max_pixels, 'no limit'), ('workers', workers, 'decode in this process')]:
+        if v is not None and v < 0: raise ValueError(f"--{name} {v}: give a number >= 0 (0: {zero}).")
 
 # %% ../nbs/03b_files.ipynb #02822ba1
 def as_is(item, # one item from a Dataset

@@ -13,23 +13,33 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
-from .core import IMAGE_EXTS, ImageReadError, _to_rgb, atomic_path, leftover_temporaries, load_pil, resize_short_side
-from .files import as_is, batch_capacity, check_pixels, expand_inputs, printable
+from .core import (FOLDER_MARK, IMAGE_EXTS, ImageReadError, OutputError, atomic_path, check_output, folder_mark,
+                            leftover_temporaries, load_pil, mark_folder, resize_short_side)
+from .files import LIST_EXTS, as_is, batch_capacity, check_pixels, expand_inputs, is_file_list, printable, read_file_list
 from .core import writes
 
 # %% auto #0
-__all__ = ['SHARD_RE', 'LIST_EXTS', 'IMAGE_KEYS', 'META_KEY', 'shard_identity', 'read_file_list', 'plan_parts', 'rank_and_world',
+__all__ = ['SHARD_RE', 'IMAGE_KEYS', 'META_KEY', 'local_only', 'shard_identity', 'part_identity', 'plan_parts', 'rank_and_world',
            'my_parts', 'rank_device', 'decode_image', 'shard_members', 'PartStream', 'part_path', 'read_part_meta',
-           'part_complete', 'job_settings', 'weights_id', 'write_part', 'score_parts', 'score_to_parts', 'write_plan',
-           'merge_parts', 'merge_cmd', 'write_shards', 'load_row_image']
+           'parts_folder', 'part_status', 'part_complete', 'job_settings', 'weights_id', 'model_id', 'write_part',
+           'score_parts', 'score_to_parts', 'write_plan', 'read_plan', 'merge_parts', 'merge_cmd', 'write_shards',
+           'load_row_image']
 
 # %% ../nbs/15_shards.ipynb #af38898b
 SHARD_RE = re.compile(r'\.(tar|tgz|tar\.gz)(\?.*)?$', re.I)
-LIST_EXTS = ('.txt', '.lst')
 
 def _is_local(url:str) -> bool: return not re.match(r'^[a-z][a-z0-9+.-]*:', url) or url.startswith('file:')
 
 def _local_path(url:str) -> str: return url[5:] if url.startswith('file:') else url
+
+def local_only(url:str, # a path or URL read from a table, a plan or a file list
+               allow_remote:bool=False, # also accept URLs and `pipe:` commands (only for a table you trust)
+               what:str='the table', # where it was read, for messages
+              ) -> str:
+    "The path when it names a local file; a URL or a command (`pipe:`, `https:`, `s3:`, ...) read from data is refused unless `allow_remote`."
+    if allow_remote or _is_local(url): return url
+    raise ValueError(f"{url[:120]!r} (from {what}) is not a local file but a URL or a `pipe:` command; a table is never run or "
+                     "fetched on its own: pass allow_remote=True only if you trust where the table came from.")
 
 def shard_identity(url:str, # a shard's path or URL
                   ) -> str:
@@ -42,22 +52,35 @@ def shard_identity(url:str, # a shard's path or URL
 def _hash(*items) -> str: return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()[:20]
 
 # %% ../nbs/15_shards.ipynb #8ffc2bb6
-def read_file_list(path:str|Path, # a text file (one path a line; blank lines and lines starting with # skipped) or a Parquet file with a `path` column
-                  ) -> list[str]:
-    "The image paths a file list names; relative paths are taken from the list's folder."
-    p = Path(path)
-    if p.suffix.lower() == '.parquet':
-        import pyarrow.parquet as pq
-        names = pq.read_schema(p).names
-        if 'path' not in names: raise ValueError(f"{p}: a Parquet file list needs a 'path' column (it has {names[:8]}).")
-        items = [str(x) for x in pq.read_table(p, columns=['path']).column('path').to_pylist() if x]
-    else: items = [l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip() and not l.lstrip().startswith('#')]
-    return [s if Path(s).is_absolute() else str(p.parent / s) for s in items]
+def part_identity(part:dict, # a part from `plan_parts`, or an entry of a job's plan.json
+                 ) -> str:
+    "A hash of what a part is made from, as it is now: its shard's identity, or the identity of every file of its chunk."
+    if part.get('kind', 'files' if 'files' in part else 'tar') == 'tar': return _hash(shard_identity(part['input']))
+    return _hash([(p, e, shard_identity(p) if not e else '') for p, e in part['files']])
 
 # %% ../nbs/15_shards.ipynb #b7386e07
 def _stem(url:str) -> str:
     name = re.split(r'[/\\]', _local_path(url).split('?')[0].rstrip('/'))[-1]
     return re.sub(r'[^A-Za-z0-9._-]+', '_', SHARD_RE.sub('', name)) or 'shard'
+
+def _few(names:list, n:int=5) -> str: return ', '.join(map(str, names[:n])) + (f' (+{len(names) - n} more)' if len(names) > n else '')
+
+def _expand_shards(s:str, # a shard input: a path, URL, brace pattern or local glob
+                  ) -> list[str]:
+    "The shards an input names; an existing path is literal; a local name that is missing, or a pattern that matches nothing, is an error."
+    import glob
+    from braceexpand import braceexpand
+    if _is_local(s) and os.path.lexists(_local_path(s)): return [s]   # an existing path is literal (even holding {}*?[)
+    found, missing = [], []
+    for u in braceexpand(s):
+        if not _is_local(u) or os.path.lexists(_local_path(u)): found.append(u)
+        elif re.search(r'[*?[]', u) and (hits := sorted(glob.glob(_local_path(u)))): found += hits
+        else: missing.append(u)
+    if missing:
+        what = (f"{len(missing)} of the shards {s!r} names do not exist ({_few(missing)})" if found
+                else f"the pattern {s!r} matches no shard" if re.search(r'[*?[{]', s) else f"{s}: no such shard")
+        raise FileNotFoundError(f"{what}; check the path or pattern (nothing was scored).")
+    return found
 
 def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, image files, folders or globs
                files_per_part:int=1000, # image files (not shards) per part
@@ -65,34 +88,49 @@ def plan_parts(inputs:list[str], # shards (brace patterns allowed), file lists, 
               ) -> list[dict]:
     "The job's parts, in a fixed order: one per shard, then chunks of `files_per_part` image files; each with its name and input identity."
     import glob
-    from braceexpand import braceexpand
     if files_per_part < 1: raise ValueError(f"--files-per-part {files_per_part}: give a positive number of files.")
     shards, files = [], []
     for s in map(str, inputs):
-        if SHARD_RE.search(s):   # brace patterns, then globs of local files ('shards/*.tar'), sorted
-            for u in braceexpand(s): shards += (sorted(glob.glob(u)) if _is_local(u) and re.search(r'[*?[]', u) else []) or [u]
-        elif Path(s).suffix.lower() in LIST_EXTS + ('.parquet',) and Path(s).is_file(): files += read_file_list(s)
-        else: files.append(s)
-    if len(set(shards)) < len(shards): raise ValueError("A shard is named twice in the inputs; each shard must be given once.")
+        if SHARD_RE.search(s) and not is_file_list(s): shards += _expand_shards(s)   # brace patterns, then local globs, sorted
+        elif os.path.lexists(s) or (re.search(r'[*?[]', s) and glob.glob(s)): files.append(s)   # (file lists: `expand_inputs`)
+        else: raise FileNotFoundError(f"{s}: no such file or folder" + (" (the pattern matches nothing)" if re.search(r'[*?[]', s) else "")
+                                      + "; check the path (nothing was scored).")
+    seen = {}
+    for u in shards:   # one shard under two spellings (00000.tar, ./00000.tar, a link) is still one shard
+        k = os.path.realpath(_local_path(u)) if _is_local(u) else u
+        if k in seen: raise ValueError(f"A shard is named twice in the inputs ({seen[k]} and {u}); each shard must be given once.")
+        seen[k] = u
     stems = [_stem(u) for u in shards]
     names = [f'{s}-{_hash(u)[:8]}' if stems.count(s) > 1 else s for s, u in zip(stems, shards)]
-    parts = [{'name': n, 'kind': 'tar', 'input': u, 'identity': _hash(shard_identity(u))} for n, u in zip(names, shards)]
+    parts = [{'name': n, 'kind': 'tar', 'input': u} for n, u in zip(names, shards)]
     rows = expand_inputs(files, recursive) if files else []
     for k in range(0, len(rows), files_per_part):
         chunk = rows[k:k + files_per_part]
-        ident = [(p, e, shard_identity(p) if not e else '') for p, e in chunk]
-        parts.append({'name': f'files-{k // files_per_part:05d}', 'kind': 'files', 'input': f'{len(chunk)} files from {chunk[0][0]}',
-                      'files': chunk, 'identity': _hash(ident)})
-    for i, p in enumerate(parts): p['index'] = i
+        parts.append({'name': f'files-{k // files_per_part:05d}', 'kind': 'files', 'input': f'{len(chunk)} files from {chunk[0][0]}', 'files': chunk})
+    for i, p in enumerate(parts): p['index'] = i; p['identity'] = part_identity(p)
     return parts
 
 # %% ../nbs/15_shards.ipynb #65182392
-def rank_and_world(rank:int|None=None, # this process's rank (None: $RANK, else 0)
-                   world_size:int|None=None, # number of processes (None: $WORLD_SIZE, else 1)
+def _whole(value, # a rank or world size, from an option or the environment
+           name:str, # how the user set it ('--rank', '$RANK', ...)
+          ) -> int:
+    "The value as an int; `ValueError` naming where it came from otherwise."
+    try: return int(str(value).strip())
+    except ValueError: raise ValueError(f"{name}={value!r} is not a whole number; give both --rank and --world-size as numbers "
+                                        "(or unset RANK and WORLD_SIZE).") from None
+
+def rank_and_world(rank:int|None=None, # this process's rank (None: $RANK)
+                   world_size:int|None=None, # number of processes (None: $WORLD_SIZE)
                   ) -> tuple[int, int]:
-    "(rank, world size) from the arguments, else the environment `torchrun` sets, else (0, 1)."
-    r = int(os.environ.get('RANK', 0)) if rank is None else int(rank)
-    w = int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else int(world_size)
+    "(rank, world size) from the arguments, else the environment `torchrun` sets (both or neither), else (0, 1)."
+    src_r = '--rank' if rank is not None else '$RANK' if 'RANK' in os.environ else None
+    src_w = '--world-size' if world_size is not None else '$WORLD_SIZE' if 'WORLD_SIZE' in os.environ else None
+    if src_r is None and src_w is None: return 0, 1
+    if src_r is None or src_w is None:   # one without the other: never made up
+        given, lacking = (src_r, '--world-size (or $WORLD_SIZE)') if src_w is None else (src_w, '--rank (or $RANK)')
+        raise ValueError(f"{given} is set but {lacking} is not; give both (torchrun sets both), or neither for a single process.")
+    r = _whole(rank if rank is not None else os.environ['RANK'], src_r)
+    w = _whole(world_size if world_size is not None else os.environ['WORLD_SIZE'], src_w)
     if w < 1 or not 0 <= r < w: raise ValueError(f"--rank {r} --world-size {w}: the rank must be in 0..world_size-1.")
     return r, w
 
@@ -118,32 +156,36 @@ def decode_image(data:bytes, # the encoded image
                  name:str, # what to call it in errors (shard:member)
                  max_pixels:int|None=None, # refuse larger images from the header, before decoding (None: no limit)
                 ):
-    "Decode an image from bytes to RGB (EXIF orientation applied); `ImageReadError` naming it on any failure."
-    import warnings
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    "Decode a shard member's bytes to RGB through `core.load_pil`, the one decode path; `ImageReadError` naming it on any failure."
     if not data: raise ImageReadError(f"{name}: the member is empty (0 bytes); replace it in its shard.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            with Image.open(io.BytesIO(data)) as img:
-                if max_pixels and img.size[0] * img.size[1] > max_pixels:
-                    raise ImageReadError(f"{name}: {img.size[0]}x{img.size[1]} is above the {max_pixels/1e6:g} MP scored at native "
-                                         f"resolution; pass --resize-short 512 to score it resized, or raise --max-pixels.")
-                img.load(); return _to_rgb(ImageOps.exif_transpose(img), 'white')
-    except UnidentifiedImageError: raise ImageReadError(f"{name}: not a readable image (unknown or corrupt format); replace it in its shard.") from None
-    except ImageReadError: raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{name}: cannot decode the image ({e}); the member may be truncated or corrupt.") from None
+    return load_pil(data, name=name, max_pixels=max_pixels)
 
 # %% ../nbs/15_shards.ipynb #5a3c6e37
+def _cut_off(url:str) -> str:
+    "Why a local uncompressed tar that read to its end is cut short ('' when it ends with the end-of-archive blocks)."
+    p = _local_path(url)
+    if not _is_local(url) or not re.search(r'\.tar$', p, re.I) or not os.path.isfile(p): return ''
+    with open(p, 'rb') as f:
+        if f.read(2) == b'\x1f\x8b': return ''   # gzip-compressed despite its name: gzip reports its own truncation
+        size = f.seek(0, 2); f.seek(max(0, size - 1024)); tail = f.read()
+    if len(tail) == 1024 and not tail.strip(b'\x00'): return ''
+    return "the file ends without the two zero blocks that close a tar archive: it was cut short (an interrupted copy or write)"
+
 def shard_members(url:str, # a shard's path or URL (anything WebDataset opens)
                  ):
-    "(id, name, bytes, error) for each image member of a shard, in order; a shard that breaks off ends with an error row."
+    "(id, name, bytes, error) for each image member of a shard, in order; a repeated id is an error row; a shard that breaks off ends with an error row."
     from webdataset import gopen
     from webdataset.tariterators import base_plus_ext, tar_file_iterator
-    group, key = [], None
-    def flush():   # the image members of one sample (one key): id = key, or key.ext when there are several
-        for ext, data in sorted(group): yield (key if len(group) == 1 else f'{key}.{ext}'), f'{url}:{key}.{ext}', data, ''
+    group, key, seen, used = [], None, {}, set()
+    def flush():   # the image members of one sample (one key): id = key, or key.ext when it holds several kinds of image
+        if not group: return
+        again, multi, exts = key in used, len({e for e, _ in group}) > 1, set(); used.add(key)
+        for ext, data in sorted(group, key=lambda g: g[0]):   # (a stable sort: copies keep their order)
+            rid, name = (f'{key}.{ext}' if multi else key), f'{url}:{key}.{ext}'
+            if not again and ext not in exts: seen[rid] = 1; exts.add(ext); yield rid, name, data, ''; continue
+            seen[rid] = n = seen.get(rid, 1) + 1   # a key used again: an error row of its own id, never a second row with the same id
+            yield f'{rid}#{n}', name, None, (f"{name}: the key {key!r} already named a sample of this shard (copy {n}); keys must be "
+                                             "unique in a shard: rename this member (it is not scored).")
         group.clear()
     try:
         stream = gopen(url, 'rb')
@@ -154,6 +196,7 @@ def shard_members(url:str, # a shard's path or URL (anything WebDataset opens)
                 if k != key: yield from flush(); key = k
                 group.append((ext, m['data']))
         finally: stream.close()
+        if why := _cut_off(url): raise EOFError(why)
         yield from flush()
     except Exception as e:
         yield from flush()
@@ -173,7 +216,7 @@ class PartStream(IterableDataset):
     def __init__(self, parts:list[dict], resize_short:int|None=None, max_pixels:int|None=None):
         self.parts, self.resize_short, self.max_pixels = parts, resize_short, max_pixels
     def _decode(self, name, data):
-        if data is not None: return decode_image(data, name, self.max_pixels)
+        if data is not None: return decode_image(data, name, None if self.resize_short else self.max_pixels)   # (as for files)
         if self.max_pixels and not self.resize_short: check_pixels(name, self.max_pixels)
         return load_pil(name)
     def __iter__(self):
@@ -210,20 +253,61 @@ def read_part_meta(path:str|Path, # a part file
         m['num_rows'] = md.num_rows; return m
     except Exception: return None
 
+def _earlier_parts(p:Path) -> bool:
+    "A parts folder of an earlier version (no mark): only a plan, a manifest, a merged table and parts that carry this project's record."
+    names = [f for f in p.iterdir() if f.name != FOLDER_MARK and not f.name.startswith('.')]
+    def ours(f): return f.is_file() and (f.name in ('plan.json', 'manifest.json', 'scores.parquet') or
+                                         (f.name.startswith('part-') and f.suffix == '.parquet' and read_part_meta(f) is not None))
+    return any(f.name.startswith('part-') for f in names) and all(ours(f) for f in names)
+
+def parts_folder(out:str|Path, # the folder of a job's parts (`qualiclip score --out DIR/`)
+                 inputs=(), # the job's inputs (the folder may be none of them)
+                 create:bool=True, # create and mark it (False: check only)
+                ) -> Path:
+    "Check a job's folder before any work: new, empty, or a parts folder of this project (its mark, kind 'parts'); any other folder is refused."
+    p = check_output(out, 'folder', inputs, quiet=True)
+    ours = (folder_mark(p) or {}).get('kind') == 'parts' if p.is_dir() else False
+    if p.is_dir() and not ours and _earlier_parts(p):   # written before folders were marked: adopted
+        ours = True
+        if create: mark_folder(p, 'parts', adopted='an earlier version')
+    if p.is_dir() and not ours:   # (ignoring a mark, or the temporary of a mark that another process of the job is writing)
+        held = sorted(f.name for f in p.iterdir() if f.name != FOLDER_MARK and not f.name.startswith(f'.{FOLDER_MARK}.'))
+        if held: raise OutputError(f"--out {out} is not empty and is not a parts folder of qualiclip score (no {FOLDER_MARK} of kind 'parts'; "
+                                   f"it holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}): nothing was written; give a new or empty folder.")
+    if create and not ours: mark_folder(p, 'parts')
+    return p
+
 # %% ../nbs/15_shards.ipynb #890232b0
-_SETTINGS = ('model', 'weights', 'embeddings', 'resize_short', 'prompts')
+_SETTINGS = ('model', 'weights', 'embeddings', 'resize_short', 'prompts', 'rule')
+
+def _clash(settings:dict, # the settings a part or plan records
+           job:dict, # this job's (`job_settings`)
+          ) -> list[str]:
+    "The settings that differ, as 'name old (now new)'."
+    return [f"{k} {settings.get(k)!r} (now {job.get(k)!r})" for k in _SETTINGS if settings.get(k) != job.get(k)]
+
+def part_status(out:str|Path, # the output folder
+                part:dict, # a part from `plan_parts`
+                job:dict, # the job's settings (`job_settings`)
+               ) -> str:
+    "'' when the part on disk is complete and made from this input in this job, else why it is scored ('new', ...); another model's part is an error."
+    p = part_path(out, part)
+    if not p.exists(): return 'new'
+    m = read_part_meta(p)
+    if m is None: return f"{p.name} is not a readable part (damaged?): scoring it again"
+    if clash := _clash(m, job): raise ValueError(f"{p} was scored with other settings: {'; '.join(clash)}; write to another --out folder, "
+                                                 "or delete its parts to score them again.")
+    if m.get('identity') != part['identity']:
+        return f"{p.name}: its input changed since it was scored ({part['input']}: another size or modification time, or other files): scoring it again"
+    if m.get('num_rows') != m.get('rows'): return f"{p.name} holds {m.get('num_rows')} of its {m.get('rows')} rows: scoring it again"
+    return ''
 
 def part_complete(out:str|Path, # the output folder
                   part:dict, # a part from `plan_parts`
                   job:dict, # the job's settings (`job_settings`)
                  ) -> bool:
     "Whether a part on disk is complete and made from this input in this job; another model's part is an error."
-    p = part_path(out, part); m = read_part_meta(p) if p.exists() else None
-    if m is None: return False
-    clash = [f"{k} {m.get(k)!r} (now {job.get(k)!r})" for k in _SETTINGS if m.get(k) != job.get(k)]
-    if clash: raise ValueError(f"{p} was scored with other settings: {'; '.join(clash)}; write to another --out folder, "
-                               "or delete its parts to score them again.")
-    return (m.get('identity'), m.get('num_rows')) == (part['identity'], m.get('rows'))
+    return part_status(out, part, job) == ''
 
 # %% ../nbs/15_shards.ipynb #183e9a0f
 def job_settings(scorer, # the scorer
@@ -233,28 +317,46 @@ def job_settings(scorer, # the scorer
                 ) -> dict:
     "The settings a part records; a restart with other settings refuses to mix its parts with these."
     prompts = [list(p) for p in getattr(scorer, 'prompts', [])] or None
+    rule = {k: float(v) for k in ('scale', 'temperature') if isinstance(v := getattr(scorer, k, None), (int, float))} or None   # --temperature
     return {'model': getattr(scorer, 'name', type(scorer).__name__), 'weights': weights_id, 'embeddings': bool(embeddings),
-            'resize_short': resize_short, 'prompts': prompts, 'higher_better': bool(getattr(scorer, 'higher_better', True))}
+            'resize_short': resize_short, 'prompts': prompts, 'rule': rule, 'higher_better': bool(getattr(scorer, 'higher_better', True))}
 
 # %% ../nbs/15_shards.ipynb #ddf34520
-def weights_id(*files, # weights/prompt/parameter files or tags ('openai'); None entries skipped
+def _hash_file(h, f:Path) -> None:
+    with open(f, 'rb') as fh:
+        for b in iter(lambda: fh.read(1 << 20), b''): h.update(b)
+
+def weights_id(*files, # weights/prompt/parameter files or folders, or tags ('openai'); None entries skipped
               ) -> str:
-    "A short SHA-256 of the weight files (tags as given), or 'random' when there are none."
+    "A short SHA-256 of the weight files' bytes (a folder: its files' names and bytes; tags as given), or 'random' when there are none."
     h = hashlib.sha256(); named = False
     for f in files:
         if not f: continue
         named = True
-        if Path(str(f)).is_file():
-            with open(f, 'rb') as fh:
-                for b in iter(lambda: fh.read(1 << 20), b''): h.update(b)
+        if Path(str(f)).is_file(): _hash_file(h, Path(str(f)))
+        elif Path(str(f)).is_dir():   # e.g. NIQE's folder of pristine images: what is in it, not its name
+            for q in sorted(x for x in Path(str(f)).rglob('*') if x.is_file()):
+                h.update(os.fsencode(str(q.relative_to(f))) + b'\0'); _hash_file(h, q)
         else: h.update(str(f).encode())
     return 'sha256:' + h.hexdigest()[:16] if named else 'random'
+
+def model_id(scorer, # a scorer
+            ) -> str:
+    "A short SHA-256 of a scorer's parameters and buffers (what a job is keyed on when no weights file is named); 'unknown' for other scorers."
+    sd = scorer.state_dict() if isinstance(scorer, torch.nn.Module) else None
+    if not sd: return 'unknown'
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return 'sha256:' + h.hexdigest()[:16]
 
 # %% ../nbs/15_shards.ipynb #7f811ddd
 def _part_table(rows:list[dict], # the part's rows (id, width, height, error, score, probs, emb)
                 part:dict, # the part
                 job:dict, # `job_settings`
                 pairs:int, # number of prompt pairs (probability columns)
+                dim:int=0, # embedding size, used when no row has one (every image of the part failed)
                ):
     "The part as an Arrow table with its record in the metadata."
     import pyarrow as pa
@@ -269,13 +371,15 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
     cols['model'] = pa.array([job['model']] * len(rows), pa.string()); cols['weights'] = pa.array([job['weights']] * len(rows), pa.string())
     cols['higher_better'] = pa.array([job['higher_better']] * len(rows), pa.bool_())
     if job['embeddings']:
-        dim = next((len(r['emb']) for r in rows if r['emb'] is not None), 0)
+        dim = next((len(r['emb']) for r in rows if r['emb'] is not None), dim)
+        if dim < 1: raise ValueError(f"{part['input']}: the embedding size is unknown (no image of the part was scored); pass dim.")
         flat = np.stack([r['emb'] if r['emb'] is not None else np.zeros(dim, np.float16) for r in rows]).astype(np.float16).ravel() \
                if rows else np.zeros(0, np.float16)
         cols['embedding'] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim,
                                                              mask=pa.array([r['emb'] is None for r in rows], pa.bool_()))
     meta = {**job, 'name': part['name'], 'input': part['input'], 'identity': part['identity'],
-            'rows': len(rows), 'pairs': pairs}
+            'rows': len(rows), 'pairs': pairs,
+            'broken': next((r['error'] for r in rows[-1:] if part['kind'] == 'tar' and r['id'] == f"{part['input']}#"), '')}   # a shard cut short
     return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta)})
 
 # %% ../nbs/15_shards.ipynb #bc2e65d0
@@ -297,6 +401,12 @@ def _outputs(scorer, x, embeddings:bool):
         probs = torch.stack([scorer.logits_to_score(cos[:, j:j + 1]) for j in range(cos.shape[1])], 1)
     return s.detach(), probs, (f.detach() if embeddings else None)
 
+def _embedding_dim(scorer) -> int:
+    "The size of a scorer's image embedding (its text features' size; else from one forward pass on a blank image)."
+    tf = getattr(scorer, 'text_features', None)
+    if tf is not None: return int(tf.shape[-1])
+    with torch.no_grad(): return int(scorer.score_and_embed(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))[1].shape[-1])
+
 def _clear_temps(out:Path, part:dict) -> None:
     "Remove temporary files a killed run left for this part (only this process writes it)."
     for t in leftover_temporaries(out / f"part-{part['name']}.parquet"): t.unlink(missing_ok=True)
@@ -315,10 +425,14 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                ) -> dict:
     "Score and write the parts not yet complete in `out`; counts of parts written and skipped, rows, failed rows; remote shards cut off."
     from collections import OrderedDict
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = parts_folder(out)   # new, empty or a parts folder: marked as one
     emb = job['embeddings']
     if emb and not hasattr(scorer, 'score_and_embed'): raise ValueError(f"--embeddings: {job['model']} has no image embedding; drop the option.")
-    todo = [p for p in parts if not part_complete(out, p, job)]
+    why = {p['name']: part_status(out, p, job) for p in parts}   # (settings that differ: an error, before anything is written)
+    todo = [p for p in parts if why[p['name']]]
+    again = [why[p['name']] for p in todo if why[p['name']] != 'new']
+    for w in again[:5]: print(f"qualiclip score: {w}", file=sys.stderr)   # a part redone says why
+    if len(again) > 5: print(f"qualiclip score: ... and {len(again) - 5} more parts scored again", file=sys.stderr)
     stats = {'parts': len(parts), 'skipped': len(parts) - len(todo), 'written': 0, 'rows': 0, 'failed': 0, 'unfinished': []}
     if not todo: return stats
     for p in todo: _clear_temps(out, p)
@@ -362,7 +476,7 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 rk = rows.pop(k)
                 if todo[k]['kind'] == 'tar' and not _is_local(todo[k]['input']) and rk and rk[-1]['id'].endswith('#'):
                     stats['unfinished'].append(rk[-1]['error']); bar.update(); continue   # a remote shard cut off: retried next run
-                t = _part_table(rk, todo[k], job, pairs)
+                t = _part_table(rk, todo[k], job, pairs, _embedding_dim(scorer) if emb and all(r['emb'] is None for r in rk) else 0)
                 write_part(t, part_path(out, todo[k]))
                 nb = t.column('error').to_pylist(); stats['written'] += 1; stats['rows'] += len(nb); stats['failed'] += sum(map(bool, nb))
                 bar.update(); bar.set_postfix(rows=stats['rows']); continue
@@ -377,21 +491,30 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
 def score_to_parts(paths:list[str], # shards, file lists, image files, folders or globs
                    scorer, # the scorer
                    out:str, # output folder
-                   weights:str='', # `weights_id` of the scorer's weights
+                   weights:str='', # `weights_id` of the scorer's weights ('' or 'random': `model_id` of the scorer)
                    embeddings:bool=False, # store the L2-normalised image embedding (float16)
                    files_per_part:int=1000, # image files per part (shards are one part each)
-                   rank:int|None=None, # this process's rank (None: $RANK, else 0)
-                   world_size:int|None=None, # number of processes (None: $WORLD_SIZE, else 1)
+                   rank:int|None=None, # this process's rank (None: $RANK; neither: 0)
+                   world_size:int|None=None, # number of processes (None: $WORLD_SIZE; neither: 1)
                    recursive:bool=False, # descend into sub-folders
                    **kw, # passed to `score_parts` (batch_size, batch_pixels, max_pixels, workers, resize_short)
                   ) -> int:
-    "Score this process's parts into `out` (complete parts skipped); 0 when all are written, 1 when remote shards broke off (rerun), 130 when interrupted."
+    """Score this process's parts into `out` (complete parts skipped); 0 when all are written, 1 when a shard was cut short or a remote
+    one broke off (rerun), 130 when interrupted. Nothing is written before the folder, the inputs and the settings are checked."""
     r, w = rank_and_world(rank, world_size)
+    parts_folder(out, paths, create=False)   # a folder of someone else's: refused before any work
     parts = plan_parts(paths, files_per_part, recursive)
     if not parts: raise ValueError(f"Nothing to score in {' '.join(map(str, paths))}: no shards, files or folders found.")
+    if weights in ('', 'random') and isinstance(scorer, torch.nn.Module): weights = model_id(scorer)   # keyed by content, never by a name
     job = {**job_settings(scorer, weights, embeddings, kw.get('resize_short')), 'written_by': [r, w]}
-    write_plan(out, parts, job)
+    try: old = read_plan(out)
+    except ValueError as e: print(f"qualiclip score: note: {e}; it is written anew.", file=sys.stderr); old = None
+    if old and (clash := _clash(old, job)) and any(Path(out).glob('part-*.parquet')):
+        raise ValueError(f"{Path(out)/'plan.json'}: this folder's job was scored with other settings: {'; '.join(clash)}; nothing was "
+                         "written; write to another --out folder, or delete its plan.json and parts to score them again.")
     mine = my_parts(parts, r, w)
+    for p in mine: part_status(out, p, job)   # a part of other settings: an error before the plan is written
+    write_plan(out, parts, job)
     t0 = time.perf_counter()
     try: st = score_parts(mine, scorer, out, job, **kw)
     except KeyboardInterrupt:
@@ -403,18 +526,36 @@ def score_to_parts(paths:list[str], # shards, file lists, image files, folders o
     for e in st['unfinished']: print(f"qualiclip score: not written: {e}", file=sys.stderr)
     if st['unfinished']:
         print(f"qualiclip score: {len(st['unfinished'])} remote shard(s) broke off; run the same command again to retry them.", file=sys.stderr)
-    return 1 if st['unfinished'] else 0
+    cut = [m['broken'] for p in mine if (m := read_part_meta(part_path(out, p))) and m.get('broken')]   # written now or before
+    for e in cut: print(f"qualiclip score: cut short: {e}", file=sys.stderr)
+    if cut: print(f"qualiclip score: {len(cut)} shard(s) cut short: their parts hold the rows before the break; re-create them "
+                  "(or leave them out) and run the same command again.", file=sys.stderr)
+    return 1 if st['unfinished'] or cut else 0
 
 # %% ../nbs/15_shards.ipynb #bbb34032
 def write_plan(out:str|Path, # the output folder
                parts:list[dict], # all processes' parts (`plan_parts`)
                job:dict, # the job's settings (`job_settings`)
               ) -> Path:
-    "Write the job's plan, `plan.json` (the parts in order, their input identity, the settings), atomically."
+    "Write the job's plan, `plan.json` (the parts in order, what they are made from and its identity, the settings), atomically."
+    out = parts_folder(out)
     plan = {**{k: job.get(k) for k in (*_SETTINGS, 'higher_better')},
-            'parts': [{'name': p['name'], 'input': p['input'], 'identity': p['identity']} for p in parts]}
-    with atomic_path(Path(out) / 'plan.json') as t: t.write_text(json.dumps(plan, indent=0))
-    return Path(out) / 'plan.json'
+            'parts': [{'name': p['name'], 'kind': p['kind'], 'input': p['input'], 'identity': p['identity'],
+                       **({'files': p['files']} if p['kind'] == 'files' else {})} for p in parts]}
+    with atomic_path(out / 'plan.json') as t: t.write_text(json.dumps(plan, indent=0))
+    return out / 'plan.json'
+
+def read_plan(out:str|Path, # a job's folder
+             ) -> dict|None:
+    "The job's plan.json (None when there is none); a damaged one is a `ValueError` naming the file and the line."
+    f = Path(out) / 'plan.json'
+    if not f.is_file(): return None
+    try: plan = json.loads(f.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e: raise ValueError(f"{f} is damaged (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError: raise ValueError(f"{f} is damaged (not UTF-8 text)") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get('parts'), list):
+        raise ValueError(f"{f} is not the plan of a qualiclip score job (no list of parts)")
+    return plan
 
 # %% ../nbs/15_shards.ipynb #b2e40bf5
 def merge_parts(out:str|Path, # the folder of a job's plan.json and part-*.parquet files
@@ -424,19 +565,23 @@ def merge_parts(out:str|Path, # the folder of a job's plan.json and part-*.parqu
     "Join a job's parts, in the order of its plan, into one Parquet table; the manifest as a dict."
     import pyarrow.parquet as pq
     out = Path(out); table = Path(table) if table else out / 'scores.parquet'
-    if not (out / 'plan.json').is_file():
+    try: plan = read_plan(out)
+    except ValueError as e: raise ValueError(f"{e}; run the same qualiclip score command again (it writes the plan anew), then merge.") from None
+    if plan is None:
         raise FileNotFoundError(f"{out}: no plan.json; run qualiclip score INPUTS --out {out}/ first (it writes the plan, then the parts).")
-    plan = json.loads((out / 'plan.json').read_text()); todo = plan['parts']
-    missing, stale = [], []
+    if (folder_mark(out) or {}).get('kind') != 'parts':   # its plan.json and manifest.json are someone else's
+        raise OutputError(f"{out} is not a parts folder of qualiclip score (no {FOLDER_MARK} of kind 'parts'): nothing was written; "
+                          "merge the folder a qualiclip score --out DIR/ job wrote.")
+    check_output(table, 'parquet', [out], what='merge table', quiet=True)
+    todo = plan['parts']; missing, stale = [], []
     for p in todo:
         f = part_path(out, p); m = read_part_meta(f) if f.exists() else None
         if m is None: missing.append(p['name'])
-        elif any(m.get(k) != plan.get(k) for k in _SETTINGS) or m.get('identity') != p['identity'] or m['num_rows'] != m.get('rows'):
-            stale.append(p['name'])
+        elif _clash(m, plan) or m.get('identity') != p['identity'] or m['num_rows'] != m.get('rows'): stale.append(p['name'])
+        elif 'kind' in p and part_identity(p) != p['identity']: stale.append(p['name'])   # its input changed since it was scored
     if missing or stale:
-        def few(ns): return ', '.join(ns[:5]) + (f' (+{len(ns) - 5} more)' if len(ns) > 5 else '')
-        raise ValueError(f"{out}: of {len(todo)} parts, {len(missing)} missing ({few(missing)}) and {len(stale)} made from other inputs or "
-                         f"settings ({few(stale)}); run the same qualiclip score command again (it scores only those), then merge.")
+        raise ValueError(f"{out}: of {len(todo)} parts, {len(missing)} missing ({_few(missing)}) and {len(stale)} made from other inputs or "
+                         f"settings ({_few(stale)}); run the same qualiclip score command again (it scores only those), then merge.")
     planned = {part_path(out, p).name for p in todo}
     settings = {k: plan.get(k) for k in (*_SETTINGS, 'higher_better')}
     man = {'table': str(table), 'rows': 0, 'failed': 0, **settings, 'parts': [],
@@ -485,10 +630,12 @@ def write_shards(files:list, # image files
 
 # %% ../nbs/15_shards.ipynb #02b88d32
 def load_row_image(row, # a row of a scores table (id, shard)
+                   allow_remote:bool=False, # also open a `shard` that is a URL or a `pipe:` command (only for a table you trust)
                   ):
-    "The image of a row: the file `id`, or the member `id` of its `shard` (read through the shard from the start)."
-    if not row['shard']: return load_pil(row['id'])
-    for rid, name, data, err in shard_members(row['shard']):
+    """The image of a row: the file `id`, or the member `id` of its `shard` (read through the shard from the start).
+    A table is data: a `shard` (or `id`) that is not a local file path (`pipe:` commands, URLs) is refused unless `allow_remote=True`."""
+    if not row['shard']: return load_pil(local_only(row['id'], allow_remote))
+    for rid, name, data, err in shard_members(local_only(row['shard'], allow_remote)):
         if rid == row['id']:
             if err: raise ImageReadError(err)
             return decode_image(data, name)
