@@ -295,11 +295,13 @@ def atomic_path(path:str|Path, # final destination (file or folder)
             raise OutputError(f"{path} is a {'folder' if path.is_dir() else 'file'}; a {'folder' if tmp.is_dir() else 'file'} "
                               "is due there: nothing was replaced; choose another path.")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if aside is not None and (aside/'old').exists() and not path.exists(): os.replace(aside/'old', path)
         if tmp.is_dir():
             import shutil; shutil.rmtree(tmp, ignore_errors=True)   # the temporary folder this call created
         elif tmp.exists(): tmp.unlink()
+        if isinstance(e, OSError) and e.errno is not None and (e.filename is None or str(tmp) in str(e.filename)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None   # the user's name, never the temporary one
         raise
     finally:
         if aside is not None:
