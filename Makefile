@@ -10,11 +10,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: install sysdeps repro paper-smoke test test-slow lab docs sync-check clean-venv bench-gpu test-gpu
 
 # Create the virtual environment if missing and install the project with its development tools.
-# torch/torchvision are pinned (settings.ini); nothing is downloaded but packages.
-$(STAMP): settings.ini setup.py pyproject.toml
+# The package asks for lower bounds (settings.ini); constraints.txt pins every version of the reproducible environment
+# (torch 2.14.1, torchvision 0.29.1, ...). Nothing is downloaded but packages.
+$(STAMP): settings.ini setup.py pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qualiclip)" >/dev/null
 	@touch $(STAMP)
 

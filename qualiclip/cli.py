@@ -4,18 +4,19 @@
 
 # %% ../nbs/11_cli.ipynb #faedbd84
 from __future__ import annotations
-import argparse, contextlib, importlib, inspect, io, os, signal, sys, threading, types, typing
+import argparse, ast, contextlib, functools, importlib, importlib.util, inspect, io, os, signal, sys, textwrap, threading, tokenize, types, typing
 from pathlib import Path
-from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COMMAND_GROUPS', 'resolve_command', 'command_summary', 'build_parser', 'parse_command', 'Terminated',
-           'error_line', 'main', 'cli']
+__all__ = ['COMMANDS', 'COMMAND_GROUPS', 'SUMMARIES', 'PRECISIONS', 'CHOICES', 'ARG_TYPES', 'resolve_command', 'command_summary',
+           'device_arg', 'scorer_names', 'build_parser', 'parse_command', 'NotStatic', 'static_spec', 'command_parser',
+           'Terminated', 'error_line', 'main', 'cli']
 
 # %% ../nbs/11_cli.ipynb #1e321d39
 COMMANDS = {
     'score': 'qualiclip.scoring:score_cmd',
     'merge': 'qualiclip.shards:merge_cmd',
+    'models': 'qualiclip.api:models_cmd',
     'bench score': 'qualiclip.scoring:bench_score_cmd',
     'bench cpu-score': 'qualiclip.scoring:bench_cpu_cmd',
     'bench models': 'qualiclip.evaluate:bench_models_cmd',
@@ -55,7 +56,7 @@ def resolve_command(spec:str, # 'module:function'
 
 # %% ../nbs/11_cli.ipynb #c0d6a7e1
 COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
-    'score': ('score images', ['score', 'merge']),
+    'score': ('score images', ['score', 'merge', 'models']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'compare-weights', 'explore']),
     'data': ('inputs, datasets and degraded images', ['check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),
@@ -63,12 +64,47 @@ COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); ever
     'bench': ('speed benchmarks', ['bench score', 'bench cpu-score', 'bench models', 'bench pairs', 'bench train', 'bench explore']),
 }
 
+SUMMARIES = {   # command -> the first line of its function's docstring (a test keeps them equal): `qualiclip --help` imports nothing
+    'score': 'Score images and write a CSV (UTF-8; bytes of file names that are not UTF-8 written as \\x escapes).',
+    'merge': 'Join the Parquet parts of a `qualiclip score --out DIR/` job into one table, checking none is missing.',
+    'models': 'List the scorers `qualiclip score --model` and `create_metric` take: what each needs and which way is better.',
+    'bench score': 'Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line.',
+    'bench cpu-score': 'Seconds and images/s of whole `qualiclip score --device cpu` processes (per precision) against the one-image-at-a-time path.',
+    'bench models': "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line.",
+    'distort': 'Distort one image with one type at one level and save it.',
+    'distortion-grid': 'Save the 24 x 5 grid of one image under every type and level.',
+    'bench pairs': "Measure the training stream's throughput (what training reads); the last line printed is JSON with crops_per_s and the milliseconds each type costs per crop (summed over workers).",
+    'train': "Train QualiCLIP's image tower on degraded pristine images (one process, or each process under torchrun).",
+    'plot-run': "Plot a training run's loss terms and validation curves to a PNG.",
+    'level-order': "Print a checkpoint's within-sample SRCC/PLCC against the level order on pristine photos (per image and overall).",
+    'bench train': 'Print training throughput, end to end and model-only; the last line is JSON.',
+    'evaluate': 'Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores.',
+    'evaluate-all': 'Evaluate one model of the profile on each of its datasets (one process, the model loaded once): `<evaluate.out>/<model>/<dataset>/`.',
+    'prepare': 'Build the demo dataset, or download (if asked) and verify a benchmark dataset; print a summary.',
+    'gradcam': 'gradCAM overlays (PNG per image) and a grid figure for our model, optionally next to CLIP-IQA.',
+    'gmad': "Run the gMAD competition between two models' scores of one unlabeled pool; write the pairs and the figure.",
+    'check': 'List every input the profile needs, present or missing, with what to do for each missing one; exit 1 if any is missing.',
+    'standin': 'Write a small stand-in, in the real format, for every missing input of the profile; inputs already there are never touched.',
+    'unpack': "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing or empty (never overwrites).",
+    'index': 'Verify a dataset folder (read only) and write its index, only when complete; what was at `out` is kept otherwise.',
+    'index-pool': "List the training pool's images (size and time of each file) so that DVC depends on the list, not on 140k files.",
+    'pristine': 'Write the demo photos that ship in Python packages into `<out>/train`, `<out>/val` and `<out>/test` (only those files).',
+    'init': "Write the starting weights: a seeded random initialisation or the profile's weights file (`model.start`).",
+    'ablate': "Train one ablation: the profile's training recipe with the `ablations.<name>` changes, into `<ablations_dir>/<name>`.",
+    'paper': 'Run one paper notebook with papermill, its parameters from the profile; the executed notebook goes to `out`.',
+    'summary': "Print the T1 table, the training run's best and final validation SRCC and where the figures are; exit 1 if some are missing.",
+    'compare-weights': 'Compare two CLIP weight files layer by layer: what changed, whether the text tower and BatchNorm statistics did.',
+    'fit-prompts': "Learn QualiCLIP+ prompts on a dataset's human scores (CLIP frozen) and report test SRCC before and after.",
+    'explore': "Draw the explorer's panel (picture and scores, gradCAM, prompt pairs) for the levels of one distortion type.",
+    'bench explore': 'Seconds per explorer update on this machine: tiny model on 256 px, RN50 on 512 px; with and without gradCAM (JSON lines).',
+}
+
 def command_summary(name:str, # a key of COMMANDS
                    ) -> str:
-    "The first line of the docstring of a command's function (its module is imported)."
-    try: f = resolve_command(COMMANDS[name])
-    except Exception as e: return f"(cannot be loaded here: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return ((inspect.getdoc(f) or '').strip().split('\n') or [''])[0]
+    "The first line of the docstring of a command's function: from `SUMMARIES`, else read from its module's source (nothing imported)."
+    if name in SUMMARIES: return SUMMARIES[name]
+    try: return static_spec(name)['doc']
+    except Exception as e: return f"(cannot be read here: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 # %% ../nbs/11_cli.ipynb #c24ed103
 def _base_type(anno):
@@ -93,77 +129,315 @@ def _conv(tp):
     f.__name__ = getattr(tp, '__name__', 'value')
     return f
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    "Show defaults of options only (a positional argument has none)."
-    def _get_help_string(self, action):
-        return action.help if not action.option_strings else super()._get_help_string(action)
-
-def build_parser(func, # the command's function
-                 prog:str='qualiclip', # program name shown in usage
-                ) -> argparse.ArgumentParser:
-    "An argparse parser built from a function's signature and docments."
+def _func_spec(func, # a command's function (its module imported)
+              ) -> dict:
+    "What the parser of a command is built from: summary, parameters, config fields (read from the live function)."
+    from fastcore.docments import docments
     docs = docments(func, full=True)
     try: hints = typing.get_type_hints(func)  # resolves string annotations (from __future__ import annotations)
     except Exception: hints = {}
-    p = argparse.ArgumentParser(prog=prog, description=(inspect.getdoc(func) or '').split('\n')[0],
-                                formatter_class=_Formatter)
+    params = []
     for name, prm in inspect.signature(func).parameters.items():
         if prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD): continue
-        d = docs.get(name, {}); help_ = (d.get('docment') if isinstance(d, dict) else None) or ''
-        tp, is_list = _base_type(hints.get(name, prm.annotation))
-        flag = '--' + name.replace('_', '-'); names = [flag] + (['--' + name] if '_' in name else [])
-        if prm.default is prm.empty:  # positional, or given by name (`--root DIR` works as well as `DIR`)
-            p.add_argument(name, nargs='*' if is_list else '?', type=_conv(tp), help=help_, default=None)
-            p.add_argument(*names, dest='_opt_' + name, nargs='+' if is_list else None, type=_conv(tp),
-                           metavar=name.upper(), default=argparse.SUPPRESS, help=f'same as the positional {name}')
-        elif tp is bool and not is_list:   # --flag and --no-flag, whatever the default
-            p.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=prm.default, help=help_)
-        else:
-            p.add_argument(*names, dest=name, nargs='+' if is_list else None, type=_conv(tp), default=prm.default, help=help_)
+        d = docs.get(name, {}); tp, is_list = _base_type(hints.get(name, prm.annotation))
+        params.append(dict(name=name, tp=tp, is_list=is_list, default=prm.default,
+                           help=(d.get('docment') if isinstance(d, dict) else None) or ''))
     cfg = getattr(func, '__config__', None)
-    if cfg is not None: _add_config_options(p, cfg, set(inspect.signature(func).parameters))
-    return p
+    return dict(doc=(inspect.getdoc(func) or '').split('\n')[0], params=params, config=_config_spec(cfg) if cfg else None)
 
-def _add_config_options(p:argparse.ArgumentParser, # the parser to extend
-                        cfg, # a dataclass whose fields become options
-                        taken:set, # names the function already uses
-                       ) -> None:
-    "One option per dataclass field, present in the result only when given on the command line."
+def _config_spec(cfg, # a dataclass whose fields become options
+                ) -> tuple[str, list[dict]]:
+    "(class name, fields) of a config dataclass, as `_func_spec` gives parameters (default None where a field has none)."
     import dataclasses
+    from fastcore.docments import docments
     docs = docments(cfg, full=True)
     try: hints = typing.get_type_hints(cfg)
     except Exception: hints = {}
-    g = p.add_argument_group(f'{cfg.__name__} options (each overrides the --params value; default in brackets)')
+    fields = []
     for f in dataclasses.fields(cfg):
-        if f.name in taken: continue
-        d = docs.get(f.name, {}); help_ = (d.get('docment') if isinstance(d, dict) else None) or ''
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"{help_} [{list(default) if isinstance(default, tuple) else default}]"
-        tp, is_list = _base_type(hints.get(f.name, f.type))
-        if is_list and isinstance(default, tuple) and default: tp = type(default[0])
-        names = ['--' + f.name.replace('_', '-')] + (['--' + f.name] if '_' in f.name else [])
-        if tp is bool and not is_list:
-            g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        else:
-            g.add_argument(*names, dest=f.name, nargs='+' if is_list else None, type=_conv(tp), default=argparse.SUPPRESS,
-                           metavar=f.name.upper(), help=help_)
+        d = docs.get(f.name, {}); tp, is_list = _base_type(hints.get(f.name, f.type))
+        fields.append(dict(name=f.name, tp=tp, is_list=is_list, default=f.default if f.default is not dataclasses.MISSING else None,
+                           help=(d.get('docment') if isinstance(d, dict) else None) or ''))
+    return (cfg.__name__, fields)
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')   # the --precision values
+
+def device_arg(s:str, # a --device value
+              ) -> str:
+    "Check a device name: auto, cpu, cuda or cuda:N (argparse reports the error, exit 2)."
+    import re
+    if re.fullmatch(r'auto|cpu|cuda(:\d+)?', s): return s
+    raise argparse.ArgumentTypeError(f"{s!r} is not a device: use auto, cpu, cuda or cuda:N (N: a GPU number, e.g. cuda:1)")
+device_arg.forms = '{auto,cpu,cuda,cuda:N}'
+
+def scorer_names() -> tuple[str, ...]:
+    "The names `--model` takes: keys of `qualiclip.scoring.SCORERS` (read from its source unless the module is loaded)."
+    live = sys.modules.get('qualiclip.scoring')
+    if live is not None: return tuple(live.SCORERS)
+    node = _module_info('qualiclip.scoring')['consts'].get('SCORERS')
+    if not isinstance(node, ast.Dict): raise NotStatic('qualiclip.scoring.SCORERS is not a literal dict')
+    return tuple(_static_value(k, None) for k in node.keys)
+
+CHOICES = {   # option -> closed set of values (or a function giving them) for every command that has it; 'command:option' for one command, None: open
+    'precision': PRECISIONS,
+    'model': scorer_names,
+    'evaluate-all:model': None,                  # ours, clipiqa, niqe or a released model's name
+    'target': ('score', 'pos', 'neg'),
+    'bn': ('train', 'frozen', 'auto'),
+    'level_pairs': ('all', 'adjacent'),
+    'space': ('cosine', 'prob'),
+    'evaluate:split': ('all', 'test'),
+    'fit-prompts:split': ('auto', 'all'),
+    'train:resume': ('auto', 'yes', 'no'),
+}
+ARG_TYPES = {'device': device_arg}   # option -> a type function for an open set of values (its `forms` shown in the help)
+
+class _Choices(tuple):
+    "Allowed values (shown in the help); None passes too when the option's default is None (given as 'none')."
+    none_ok = False
+    def __contains__(self, x): return (x is None and self.none_ok) or tuple.__contains__(self, x)
+
+def _choices(command:str|None, # the command's name
+             name:str, # the option's parameter or field name
+             default, # its default (None: 'none' is allowed too)
+            ) -> _Choices|None:
+    "The closed set of values of an option of `command`, or None."
+    key = f'{command}:{name}'
+    c = CHOICES[key] if key in CHOICES else CHOICES.get(name)
+    if callable(c):
+        try: c = c()
+        except NotStatic: c = None   # the set cannot be read: the option stays open
+    if c is None: return None
+    c = _Choices(c); c.none_ok = default is None
+    return c
+
+def _typed(tp, # the value type (from `_base_type`)
+           name:str, # the option's parameter or field name
+          ):
+    "The argparse type of an option: `ARG_TYPES` by name (keeping 'none' as None), else `_conv`."
+    check = ARG_TYPES.get(name)
+    if check is None: return _conv(tp)
+    def f(s): return None if s.lower() in ('none', 'null') else check(s)
+    f.__name__ = check.__name__
+    return f
+
+class _Formatter(argparse.HelpFormatter):
+    "Each option's default once, at the end: not for positional arguments, None, suppressed ones, or a help that states its default."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        if not action.option_strings or action.default in (None, argparse.SUPPRESS) or '%(default)' in h or '(default' in h: return h
+        return h + ' (default: %(default)s)'
+
+def _esc(s:str, # a help text
+        ) -> str:
+    "The text with % doubled: argparse formats option help with %."
+    return s.replace('%', '%%')
+
+def _option(p, # the parser or argument group
+            a:dict, # a parameter or field spec (name, tp, is_list, default, help)
+            command:str|None, # the command's name (selects its `CHOICES`)
+            **kw, # more add_argument keywords (default, metavar)
+           ):
+    "Add one option (`--name-with-hyphens` only) for a parameter or field spec `a`."
+    name, tp, is_list = a['name'], a['tp'], a['is_list']
+    flag = '--' + name.replace('_', '-')
+    if tp is bool and not is_list:   # --flag and --no-flag, whatever the default
+        return p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=_esc(a['help']), **kw)
+    ch = _choices(command, name, a['default']); check = ARG_TYPES.get(name)
+    metavar = kw.pop('metavar', None)
+    if ch is None and check is not None: metavar = getattr(check, 'forms', None) or metavar
+    return p.add_argument(flag, dest=name, nargs='+' if is_list else None, type=_typed(tp, name), choices=ch,
+                          metavar=None if ch else metavar, help=_esc(a['help']), **kw)
+
+def _parser_from_spec(spec:dict, # from `_func_spec` or `static_spec`
+                      prog:str='qualiclip', # program name shown in usage
+                      command:str|None=None, # the command's name (selects its `CHOICES`)
+                     ) -> argparse.ArgumentParser:
+    "An argparse parser for a command spec."
+    p = argparse.ArgumentParser(prog=prog, description=spec['doc'], formatter_class=_Formatter)
+    for a in spec['params']:
+        name = a['name']
+        if a['default'] is inspect.Parameter.empty:  # positional, or given by name (`--root DIR` works as well as `DIR`)
+            p.add_argument(name, nargs='*' if a['is_list'] else '?', type=_typed(a['tp'], name), help=_esc(a['help']), default=None)
+            p.add_argument('--' + name.replace('_', '-'), dest='_opt_' + name, nargs='+' if a['is_list'] else None,
+                           type=_typed(a['tp'], name), metavar=name.upper(), default=argparse.SUPPRESS,
+                           help=f'same as the positional {name}')
+        else: _option(p, a, command, default=a['default'])
+    if spec['config'] is not None: _add_config_options(p, spec['config'], {a['name'] for a in spec['params']}, command)
+    return p
+
+def _add_config_options(p:argparse.ArgumentParser, # the parser to extend
+                        config:tuple, # (class name, fields) from `_config_spec`
+                        taken:set, # names the function already uses
+                        command:str|None=None, # the command's name
+                       ) -> None:
+    "One option per dataclass field, present in the result only when given on the command line."
+    cls, fields = config
+    g = p.add_argument_group(f'{cls} options (each overrides the --params value; default in brackets)')
+    for f in fields:
+        if f['name'] in taken: continue
+        default = f['default']; tp = f['tp']
+        if f['is_list'] and isinstance(default, tuple) and default: tp = type(default[0])
+        shown = '' if default is None else f" [{list(default) if isinstance(default, tuple) else default}]"   # None: the help says what it means
+        a = dict(f, tp=tp, help=f"{f['help']}{shown}")
+        kw = {} if tp is bool and not f['is_list'] else {'metavar': f['name'].upper()}
+        _option(g, a, command, default=argparse.SUPPRESS, **kw)
+
+def build_parser(func, # the command's function
+                 prog:str='qualiclip', # program name shown in usage
+                 command:str|None=None, # the command's name (selects its `CHOICES`)
+                ) -> argparse.ArgumentParser:
+    "An argparse parser built from a function's signature and docments."
+    return _parser_from_spec(_func_spec(func), prog, command)
 
 def parse_command(func, # the command's function
                   argv:list[str], # its arguments
                   prog:str='qualiclip', # program name shown in usage and errors
+                  command:str|None=None, # the command's name (selects its `CHOICES`)
                  ) -> dict:
     "Parse `argv` for `func`: keyword arguments ready for the call (required ones checked)."
-    p = build_parser(func, prog)
+    spec = _func_spec(func); p = _parser_from_spec(spec, prog, command)
     args = vars(p.parse_args(argv))
-    required = [n for n, prm in inspect.signature(func).parameters.items()
-                if prm.default is prm.empty and prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD)]
-    for name in required:
+    for name in [a['name'] for a in spec['params'] if a['default'] is inspect.Parameter.empty]:
         v = args.pop('_opt_' + name, None)
         if v is not None:
             if args.get(name) not in (None, []): p.error(f"{name} given twice (as a positional argument and as --{name.replace('_', '-')})")
             args[name] = v
         if args.get(name) in (None, []): p.error(f"the argument {name} is required (positional, or --{name.replace('_', '-')})")
     return args
+
+# %% ../nbs/11_cli.ipynb #40d7fdaf
+class NotStatic(Exception):
+    "A command whose options cannot be read from its module's source alone (its module is imported instead)."
+
+_NAMES = {'str': str, 'int': int, 'float': float, 'bool': bool, 'list': list, 'tuple': tuple, 'dict': dict, 'Path': Path, 'None': None,
+          'typing': typing, 'Optional': typing.Optional, 'Union': typing.Union, 'List': typing.List, 'Sequence': typing.Sequence,
+          'Tuple': typing.Tuple}   # the names an annotation may use to be read statically
+
+@functools.lru_cache(maxsize=None)
+def _module_info(mod:str, # a module name, e.g. qualiclip.scoring
+                ) -> dict:
+    "A module's top-level definitions, literal constants, imported names, `f.__config__ = C` lines and comments, read without importing it."
+    spec = importlib.util.find_spec(mod)
+    if spec is None or not (spec.origin or '').endswith('.py'): raise NotStatic(f'{mod}: no Python source to read')
+    src = Path(spec.origin).read_text(encoding='utf-8'); tree = ast.parse(src)
+    defs, consts, imports, configs = {}, {}, {}, {}
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): defs[n.name] = n
+        elif isinstance(n, ast.ImportFrom):
+            base = importlib.util.resolve_name('.' * n.level + (n.module or ''), mod.rpartition('.')[0]) if n.level else n.module
+            for a in n.names: imports[a.asname or a.name] = base
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                if isinstance(t, ast.Name): consts[t.id] = n.value
+                elif (isinstance(t, ast.Attribute) and t.attr == '__config__' and isinstance(t.value, ast.Name)
+                      and isinstance(n.value, ast.Name)): configs[t.value.id] = n.value.id
+    comments = {t.start[0]: t.string[1:] for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+    return dict(defs=defs, consts=consts, imports=imports, configs=configs, comments=comments)
+
+_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
+        ast.FloorDiv: lambda a, b: a // b, ast.Pow: lambda a, b: a ** b, ast.USub: lambda a: -a, ast.UAdd: lambda a: +a}
+_CALLS = {'min': min, 'max': max, 'os.cpu_count': os.cpu_count}   # calls a default may make (same value as on import)
+
+def _static_value(node, # an expression's syntax tree
+                  mod:str|None, # the module it is in (its names are looked up there), None: no names
+                  depth:int=0, # names followed so far
+                 ):
+    "The value of a literal expression: constants, tuples, lists, arithmetic, and module-level names bound to such (also imported ones)."
+    if depth > 20: raise NotStatic('names refer to each other too deeply')
+    if isinstance(node, ast.Constant): return node.value
+    if isinstance(node, (ast.Tuple, ast.List)):
+        v = [_static_value(e, mod, depth + 1) for e in node.elts]
+        return tuple(v) if isinstance(node, ast.Tuple) else v
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS: return _OPS[type(node.op)](_static_value(node.operand, mod, depth + 1))
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_static_value(node.left, mod, depth + 1), _static_value(node.right, mod, depth + 1))
+    if isinstance(node, ast.BoolOp):   # `a or b`, `a and b`, as Python evaluates them
+        for i, e in enumerate(node.values):
+            v = _static_value(e, mod, depth + 1)
+            if i == len(node.values) - 1 or (bool(v) if isinstance(node.op, ast.Or) else not v): return v
+    if isinstance(node, ast.Call) and not node.keywords and ast.unparse(node.func) in _CALLS:
+        return _CALLS[ast.unparse(node.func)](*[_static_value(e, mod, depth + 1) for e in node.args])
+    if isinstance(node, ast.Name) and mod is not None:
+        m = _module_info(mod)
+        if node.id in m['consts']: return _static_value(m['consts'][node.id], mod, depth + 1)
+        if node.id in m['imports']: return _static_value(node, m['imports'][node.id], depth + 1)
+    raise NotStatic(f'{ast.unparse(node)} is not a literal')
+
+def _static_anno(node, # an annotation's syntax tree, or None
+                ):
+    "The type an annotation names, from builtin names only (`_NAMES`)."
+    if node is None: return inspect.Parameter.empty
+    text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ast.unparse(node)
+    try: return eval(text, {'__builtins__': {}}, _NAMES)
+    except Exception: raise NotStatic(f'annotation {text} names more than builtin types')
+
+def _static_docs(first:int, # first line of the definition (its first decorator)
+                 locs:dict, # line -> parameter name
+                 comments:dict, # line -> comment text
+                ) -> dict:
+    "Docments as fastcore reads them: the comment on a parameter's line, else the comment lines right above it."
+    out = {}
+    for line, name in locs.items():
+        if name in out: continue
+        if line in comments: out[name] = comments[line].strip(); continue
+        res, l = [], line - 1
+        while l >= first and l in comments and l not in locs: res.append(comments[l]); l -= 1
+        out[name] = textwrap.dedent('\n'.join(reversed(res))) if res else None
+    return out
+
+def _first_line(node, # a function or class definition's syntax tree
+               ) -> int:
+    "The line a definition starts on, its decorators included (as `inspect.getsource` gives it)."
+    return min([node.lineno] + [d.lineno for d in node.decorator_list])
+
+def static_spec(name:str, # a key of COMMANDS
+               ) -> dict:
+    "A command's spec, as `_func_spec` gives it, read from its module's source: nothing is imported (`NotStatic` if it cannot be)."
+    mod, fn = COMMANDS[name].split(':'); m = _module_info(mod); node = m['defs'].get(fn)
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)): raise NotStatic(f'{fn} is not a function defined in {mod}')
+    a = node.args
+    if a.posonlyargs: raise NotStatic(f'{fn} has positional-only parameters')
+    empty = inspect.Parameter.empty
+    pairs = list(zip(a.args, [None] * (len(a.args) - len(a.defaults)) + list(a.defaults))) + list(zip(a.kwonlyargs, a.kw_defaults))
+    locs = {x.lineno: x.arg for x in a.args}
+    if a.vararg: locs[a.vararg.lineno] = a.vararg.arg
+    locs.update({x.lineno: x.arg for x in a.kwonlyargs})
+    if node.returns: locs[node.returns.lineno] = 'return'
+    docs = _static_docs(_first_line(node), locs, m['comments'])
+    params = []
+    for arg, d in pairs:
+        tp, is_list = _base_type(_static_anno(arg.annotation))
+        params.append(dict(name=arg.arg, tp=tp, is_list=is_list, default=empty if d is None else _static_value(d, mod),
+                           help=docs.get(arg.arg) or ''))
+    cfg = m['configs'].get(fn)
+    return dict(doc=(ast.get_docstring(node) or '').split('\n')[0], params=params, config=_static_config(mod, cfg) if cfg else None)
+
+def _static_config(mod:str, # module that names the class
+                   cls:str, # the dataclass's name there
+                  ) -> tuple[str, list[dict]]:
+    "(class name, fields) of a config dataclass, as `_config_spec` gives them, read from the source (followed through `from ... import`)."
+    m = _module_info(mod); node = m['defs'].get(cls)
+    if node is None and cls in m['imports']: return _static_config(m['imports'][cls], cls)
+    if not isinstance(node, ast.ClassDef) or node.bases: raise NotStatic(f'{cls} is not a plain dataclass of {mod}')
+    anns = [n for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    docs = _static_docs(_first_line(node), {n.lineno: n.target.id for n in anns}, m['comments'])
+    fields = []
+    for n in anns:
+        if 'ClassVar' in ast.unparse(n.annotation): continue
+        v = n.value
+        if isinstance(v, ast.Call) and ast.unparse(v.func) in ('field', 'dataclasses.field'):
+            v = {k.arg: k.value for k in v.keywords}.get('default')
+        tp, is_list = _base_type(_static_anno(n.annotation))
+        fields.append(dict(name=n.target.id, tp=tp, is_list=is_list, default=None if v is None else _static_value(v, mod),
+                           help=docs.get(n.target.id) or ''))
+    return (cls, fields)
+
+def command_parser(name:str, # a key of COMMANDS
+                  ) -> argparse.ArgumentParser:
+    "The parser a command's `--help` shows: read from its module's source (nothing imported), else from the imported function."
+    try: return _parser_from_spec(static_spec(name), f'qualiclip {name}', name)
+    except (NotStatic, SyntaxError): return build_parser(resolve_command(COMMANDS[name]), f'qualiclip {name}', name)
 
 # %% ../nbs/11_cli.ipynb #07aa7fd9
 _TERMINATED = set()   # holds True once SIGTERM arrived during a command
@@ -202,7 +476,7 @@ def _grouped() -> list[tuple[str, str, list[str]]]:
     rest = [n for n in COMMANDS if n not in placed]
     return [x for x in out if x[2]] + ([('other', 'not yet grouped', rest)] if rest else [])
 
-def _usage(docs:bool=False, # one line per command from its docstring (imports the modules), else names only
+def _usage(docs:bool=False, # one line per command (`SUMMARIES`), else names only
           ) -> str:
     "The list of commands, grouped by use."
     import shutil, textwrap
@@ -230,8 +504,10 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
     if name not in COMMANDS:
         print(f"qualiclip: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr); return 2
     rest = argv[len(name.split()):]
+    if {'-h', '--help'} & set(rest[:rest.index('--')] if '--' in rest else rest):   # its options, from the source: nothing imported
+        command_parser(name).print_help(); raise SystemExit(0)   # as argparse's own --help does
     func = resolve_command(COMMANDS[name])
-    kwargs = parse_command(func, rest, prog=f'qualiclip {name}')
+    kwargs = parse_command(func, rest, prog=f'qualiclip {name}', command=name)
     from qualiclip.core import OutputError, check_outputs
     try: check_outputs(func, kwargs)    # every declared output, before any work
     except OutputError as e:

@@ -345,6 +345,10 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                 ) -> int:
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
     kw = dict(niqe_params=niqe_params) if model == 'niqe' else dict(prompts=prompts) if model == 'qualiclip+' else {}
+    if model != 'niqe':
+        from qualiclip.model import resolve_weights
+        try: weights = resolve_weights(weights)   # 'released': the authors' checkpoint, fetched once and checked
+        except (OSError, ValueError, RuntimeError) as e: print(f"qualiclip evaluate: error: {e}", file=sys.stderr); return 2
     src = {'weights': weights, 'pretrained': pretrained if pretrained and Path(pretrained).exists() else None, **kw}
     try:
         eval_outputs(out, [root, *src.values()], quiet=True)   # the folder and its files, before the model loads

@@ -6,15 +6,16 @@
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
            'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS',
            'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
-           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'read_official',
-           'infer_config', 'prompt_features_gap', 'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP',
-           'released_checkpoint', 'QualiCLIPLoss']
+           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'pil_rgb', 'as_images',
+           'read_official', 'infer_config', 'resolve_weights', 'prompt_features_gap', 'randomize_',
+           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint', 'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import importlib.resources, json, logging, math, os, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from fastcore.basics import patch
 
-from .core import atomic_path, get_device
+from .core import atomic_path, get_device, load_pil
 
 # %% ../nbs/03_model.ipynb #4948cb2a
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
@@ -431,14 +432,34 @@ def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in 
         img = resize(img[None].float(), resize_short, interpolation=InterpolationMode.BICUBIC, antialias=True)[0].clamp(0, 1)
     return img
 
+def pil_rgb(img, # a PIL image (any mode)
+           ) -> torch.Tensor:
+    "A PIL image as uint8 (3,H,W), converted by `core.load_pil`'s rules (EXIF orientation, 16-bit, palette, alpha on white)."
+    from PIL import ImageOps
+    from qualiclip.core import _to_rgb
+    return torch.from_numpy(np.array(_to_rgb(ImageOps.exif_transpose(img), 'white'), dtype=np.uint8)).permute(2, 0, 1)
+
+def as_images(images, # a tensor, an image file (str or Path), a PIL image, or a list/tuple mixing them
+             ) -> list|torch.Tensor:
+    "Images as tensors: files decoded by `core.load_pil` (the one decode path) and PIL images as uint8 (3,H,W); tensors as given."
+    from PIL import Image
+    if isinstance(images, torch.Tensor): return images
+    if isinstance(images, (str, os.PathLike, Image.Image)): images = [images]
+    def one(im):
+        if isinstance(im, torch.Tensor): return im
+        if isinstance(im, Image.Image): return pil_rgb(im)
+        if isinstance(im, (str, os.PathLike)): return pil_rgb(load_pil(im))
+        raise TypeError(f"Cannot score a {type(im).__name__}: pass a (3,H,W) tensor in [0,1], an image file path or a PIL image.")
+    return [one(im) for im in images]
+
 @patch
-def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W) batch
+def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one (B,3,H,W) batch; also image files and PIL images, alone or in a list
           batch_size:int=32, # images per forward pass (images of equal size only)
           resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native size)
           grad:bool=False, # differentiable scores (`quality`: fp32, gradients reach the images) instead of `score_batch`
          ) -> torch.Tensor:
     "Scores (N,) on the CPU; images of equal size share batches, nothing is padded."
-    imgs = [_prep_image(im, resize_short) for im in images]
+    imgs = [_prep_image(im, resize_short) for im in as_images(images)]
     groups = defaultdict(list)
     for i, im in enumerate(imgs): groups[tuple(im.shape[-2:])].append(i)
     out = torch.empty(len(imgs))
@@ -447,6 +468,13 @@ def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one
             chunk = idx[s:s + batch_size]
             out[chunk] = (self.quality if grad else self.score_batch)(torch.stack([imgs[i] for i in chunk])).float().cpu()
     return out
+
+@patch
+def forward(self:QualiCLIP, x, # a (B,3,H,W) batch in [0,1] (or uint8); or an image file, a PIL image, or a list of files/PIL images/(3,H,W) tensors
+           ) -> torch.Tensor:
+    "Scores (B,): a batch through `quality` when gradients are on and `x` requires them, else `score_batch`; anything else through `score`."
+    if not isinstance(x, torch.Tensor): return self.score(x)
+    return self.quality(x) if torch.is_grad_enabled() and x.requires_grad else self.score_batch(x)
 
 # %% ../nbs/03_model.ipynb #5f74047a
 def read_official(path:str|Path, # checkpoint file in the official layout
@@ -495,15 +523,21 @@ def infer_config(sd:dict, # CLIP state dict (no prefix)
     return None, cfg
 
 # %% ../nbs/03_model.ipynb #615e2988
+def resolve_weights(weights, # a checkpoint file, or 'released': the authors' qualiclip.pth (`released_checkpoint`); None stays None
+                   ):
+    "The checkpoint file `weights` names: 'released' is fetched once into torch.hub's cache and checked; anything else is returned as given."
+    return released_checkpoint() if isinstance(weights, str) and weights == 'released' else weights
+
 @patch(cls_method=True)
-def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth)
+def from_checkpoint(cls:QualiCLIP, path:str|Path, # checkpoint in the official layout (e.g. the released qualiclip.pth), or 'released' (fetched once)
                     backbone:str|None=None, # open_clip config name; None infers it from the tensor shapes
                     prompts=PROMPTS, # prompt pairs (the stored features are used when these are the checkpoint's)
                     scale:float=OFFICIAL_SCALE, # 100 (released model) or `PYIQA_SCALE` (pyiqa's port)
                     device='cpu', # 'cpu', 'cuda', 'auto', ...
                     prompt_features:str='stored', # 'stored': use the file's prompts_features; 'recompute': the text tower's
                    ) -> QualiCLIP:
-    "Load a QualiCLIP checkpoint (official layout) strictly from a local file; nothing is downloaded."
+    "Load a QualiCLIP checkpoint (official layout) strictly from a local file; only `path='released'` downloads (once, SHA-256 checked)."
+    path = resolve_weights(path)
     sd, stored = read_official(path)
     cfg = None
     if backbone is None: backbone, cfg = infer_config(sd, path)
@@ -620,7 +654,8 @@ def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None
     d = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir())/'checkpoints'
     f = d/'qualiclip.pth'; rec = d/'qualiclip.pth.sha256'
     how = (f"Download qualiclip.pth yourself from {RELEASED_URL} (licence CC BY-NC 4.0) and pass the file: "
-           "torch.hub.load(repo, 'QualiCLIP', weights='/path/to/qualiclip.pth'), or --weights /path/to/qualiclip.pth.")
+           "torch.hub.load(repo, 'QualiCLIP', weights='/path/to/qualiclip.pth'), or --weights /path/to/qualiclip.pth; "
+           f"or place it at {f} and record its SHA-256 in {rec} (sha256sum {f} | cut -c1-64 > {rec}).")
     if not f.is_file():
         host, port = _proxy_for(RELEASED_URL)
         if not _network_up(host, timeout, port):

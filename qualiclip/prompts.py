@@ -635,6 +635,8 @@ def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose 
     if root is None:
         root = str(repo_root()/(p.get('prepare') or {}).get('index', 'data/index')/f'{dataset}.csv')
     out, mfile, rundir = prompts_outputs(out, metrics, run, inputs=[weights, root, params])   # before any work
+    from qualiclip.model import resolve_weights
+    weights = str(resolve_weights(weights))   # 'released': the authors' checkpoint, fetched once and checked
     _open_run(rundir, resume, create=False)   # its checkpoint too, before the model loads
     tr, va, te, proto = prompt_splits(read_table(dataset, root, subset or None), dataset, r['split'], int(r['split_index']),
                                       split_seed=int(r['split_seed']), val_frac=float(r['val_frac']), seed=seed)
