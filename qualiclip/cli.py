@@ -520,8 +520,9 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
         return 143 if _TERMINATED else 130
     except Exception as e:
         if os.environ.get('QUALICLIP_DEBUG'): raise
-        hint = '' if isinstance(e, OutputError) else '\n(set QUALICLIP_DEBUG=1 for the traceback)'
-        print(f"qualiclip {name}: {error_line(e)}{hint}", file=sys.stderr); return 2
+        line = error_line(e)   # one line; an internal error also says how to see its traceback
+        if line.startswith('internal error'): line += ' QUALICLIP_DEBUG=1 shows the traceback.'
+        print(f"qualiclip {name}: {line}", file=sys.stderr); return 2
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     return 143 if _TERMINATED else int(rc or 0)

@@ -216,3 +216,18 @@ def test_sigterm_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, capsys):
     df = pd.read_csv(tmp_path / "s.csv")
     assert len(df) == 4 and df.score.notna().sum() == 2
     assert (df.error[df.score.isna()] == "not scored: interrupted").all()
+
+
+@pytest.mark.parametrize("exc,start", [(ValueError("x.csv: the column mos is missing; fix it there."), "error: x.csv: the column mos"),
+                                       (TypeError("unsupported operand"), "internal error: TypeError: unsupported operand")])
+def test_any_error_from_a_command_is_one_line(exc, start, monkeypatch, capsys):
+    "Whatever a command raises, the user gets one line on stderr and exit 2 (an internal error says how to see the traceback)."
+    func = _func("gmad")
+
+    @functools.wraps(func)
+    def boom(**kw): raise exc
+    monkeypatch.setattr(cli, "resolve_command", lambda spec: boom)
+    monkeypatch.delenv("QUALICLIP_DEBUG", raising=False)
+    assert cli.main(["gmad", "a.csv", "b.csv", "--out", "newdir"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"qualiclip gmad: {start}"), err
