@@ -135,7 +135,8 @@ def gmad_cmd(scores_a:str, # scores CSV of model A (path, score)
              thumb:int=256, # thumbnail size in the figure, pixels
             )->int:
     "Run the gMAD competition between two models' scores of one unlabeled pool; write the pairs and the figure."
-    from qualiclip.core import atomic_path
+    from qualiclip.core import atomic_path, check_report, output_folder
+    check_report(out, {'gmad_pairs.csv': 'csv', 'gmad.png': 'image'}, [scores_a, scores_b])   # before any work
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     a, b = read_scores(scores_a), read_scores(scores_b)
@@ -143,7 +144,7 @@ def gmad_cmd(scores_a:str, # scores CSV of model A (path, score)
     if len(common) < 2: raise ValueError(f"{scores_a} and {scores_b} share {len(common)} scored images: score the same pool with both models")
     pairs = gmad_pairs(a[common].to_numpy(), b[common].to_numpy(), names=(name_a, name_b),
                        higher_better=(not lower_better_a, not lower_better_b), n_levels=n_levels, tol=tol, ids=list(common))
-    o = Path(out); o.mkdir(parents=True, exist_ok=True)
+    o = output_folder(out, [scores_a, scores_b])   # adds its two files; removes nothing
     with atomic_path(o/'gmad_pairs.csv') as t: pairs.to_csv(t, index=False)
     if len(pairs):
         fig = gmad_figure(pairs, thumb=thumb, title=f'gMAD: {name_a} vs {name_b} on {len(common)} images')

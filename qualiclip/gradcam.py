@@ -140,15 +140,18 @@ def gradcam_cmd(images:list[str], # image files, folders or globs
     "gradCAM overlays (PNG per image) and a grid figure for our model, optionally next to CLIP-IQA."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from qualiclip.core import list_images, load_image, atomic_path, save_image
+    from qualiclip.core import list_images, load_image, atomic_path, save_image, check_report, output_folder
     if not weights: raise ValueError("--weights is required: pass our checkpoint (e.g. runs/demo/qualiclip.pth)")
     paths = list_images(images)[:max_images]
+    tags = ['ours'] + (['clipiqa'] if compare else [])   # the overlays' suffixes, one per model
+    check_report(out, {'gradcam.png': 'image', **{f"{Path(p).stem}_{t}.png": 'image' for p in paths for t in tags}},
+                 [images, weights, compare_weights])   # before any model loads
     xs = [load_image(p, resize_short=resize_short) for p in paths]
     models = {'ours': load_for_gradcam(weights, backbone, device=device)}
     if compare: models['CLIP-IQA'] = load_for_gradcam(compare_weights, backbone or models['ours'].backbone,
                                                       pretrained=compare_pretrained, clipiqa=True, device=device)
     maps, scores = {}, {}
-    o = Path(out); o.mkdir(parents=True, exist_ok=True)
+    o = output_folder(out, [images, weights, compare_weights])   # adds its own files; removes nothing
     for name, m in models.items():
         maps[name] = gradcam_maps(m, xs, target=target)
         with torch.no_grad(): scores[name] = [float(QualityTarget(m)(x[None].to(next(m.parameters()).device))) for x in xs]

@@ -231,3 +231,22 @@ def test_any_error_from_a_command_is_one_line(exc, start, monkeypatch, capsys):
     assert cli.main(["gmad", "a.csv", "b.csv", "--out", "newdir"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"qualiclip gmad: {start}"), err
+
+
+@pytest.mark.parametrize("command", ["gmad", "gradcam"])
+def test_report_files_of_another_kind_are_refused_before_any_work(command, tmp_path, monkeypatch, capsys):
+    "A report folder where one of the command's own file names holds a file of another kind: refused before any work."
+    out = tmp_path / "rep"; out.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+    if command == "gmad":
+        (out / "gmad_pairs.csv").write_bytes((tmp_path / "p.png").read_bytes())        # an image where a CSV is due
+        (tmp_path / "a.csv").write_text("path,score\nx,1\n"); (tmp_path / "b.csv").write_text("path,score\nx,2\n")
+        argv = ["gmad", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(out)]
+    else:
+        (out / "p_ours.png").write_text("my notes")                                    # text where an overlay is due
+        argv = ["gradcam", str(tmp_path / "p.png"), "--weights", str(tmp_path / "none.pth"), "--out", str(out)]
+    before = _snapshot(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not image" in err or "not csv" in err, err
+    assert _snapshot(tmp_path) == before
