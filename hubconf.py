@@ -7,7 +7,7 @@
 The model scores images at their native size (no resize, no crop). `model.model` is the underlying
 `qualiclip.model.QualiCLIP` (inputs in [0,1], `score`, `export_official`, ...).
 """
-import os as _os, re as _re, sys as _sys
+import os as _os, sys as _sys
 
 dependencies = ['torch', 'open_clip']
 
@@ -19,17 +19,7 @@ import qualiclip.model as _qm   # imported now: torch.hub drops the repository f
 def _released():
     """The authors' released qualiclip.pth from torch.hub's cache (downloaded once), its SHA-256 checked before use.
     A cached file with no SHA-256 to check it against (placed there by another loader or by hand) is refused, not trusted."""
-    from pathlib import Path
-    import torch
-    d = Path(torch.hub.get_dir()) / 'checkpoints'; f, rec = d / 'qualiclip.pth', d / 'qualiclip.pth.sha256'
-    if f.is_file() and not _qm.RELEASED_SHA256:
-        want = rec.read_text().strip().lower() if rec.is_file() else ''
-        if not _re.fullmatch('[0-9a-f]{64}', want):
-            raise _qm.WeightsUnavailableError(
-                f"{f} is in torch.hub's cache, but {'no SHA-256 was recorded for it' if not want else f'its SHA-256 record {rec} is damaged'} "
-                f"(it was not downloaded by this loader), so it cannot be checked: delete it to download the release afresh, "
-                f"or, if you trust it, pass it as weights='{f}'.")
-    return _qm.released_checkpoint()   # checks the file against the recorded (or pinned) SHA-256
+    return _qm.resolve_weights('released')   # `released_checkpoint`: the one place that fetches and checks it
 
 
 def _check_batch(module, args):
