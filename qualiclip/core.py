@@ -14,10 +14,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve',
-           'load_params', 'seed_everything', 'get_device', 'make_generator', 'sync_device', 'timed', 'OutputError',
-           'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder', 'writes',
-           'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil',
-           'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
+           'load_params', 'seed_everything', 'get_device', 'make_generator', 'sync_device', 'timed', 'state_sha256',
+           'OutputError', 'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder',
+           'writes', 'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError',
+           'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
            'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
@@ -112,6 +112,19 @@ def timed(fn, # callable doing the work, e.g. scoring `n` images
         fn(); done += n; sync_device(dev)
         el = time.perf_counter() - t0
         if not seconds or el >= seconds: return done / el
+
+# %% ../nbs/00_core.ipynb #b2cd400c
+def state_sha256(scorer, # a model or scorer (anything with `state_dict`), or a NIQE scorer (its `model.mu`, `model.cov`)
+                ) -> str|None:
+    "SHA-256 of the parameters a scorer holds in memory (random or downloaded weights: no file to hash); None when it holds none."
+    import hashlib
+    h = hashlib.sha256(); sd = getattr(scorer, 'state_dict', None); niqe = getattr(scorer, 'model', None)
+    if callable(sd):
+        for k, v in sd().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    elif hasattr(niqe, 'mu') and hasattr(niqe, 'cov'):
+        for a in (niqe.mu, niqe.cov): h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    else: return None
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #f92674dc
 def _temp_affixes(path:Path) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side,
+from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side, state_sha256,
                             demo_photo, write_demo_photos, ImageReadError)
 from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum
 from .metrics import correlations, plcc, srcc
@@ -62,15 +62,6 @@ def scorer_sources(scorer, # a scorer
     if src and not out and Path(str(src)).exists(): out['niqe_params'] = str(src)
     return {k: str(v) for k, v in out.items() if v}
 
-def _state_sha256(scorer) -> str|None:
-    "SHA-256 of the parameters a scorer holds in memory (random or downloaded weights: no file to hash)."
-    h = hashlib.sha256(); sd = getattr(scorer, 'state_dict', None); niqe = getattr(scorer, 'model', None)
-    if callable(sd):
-        for k, v in sd().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-    elif hasattr(niqe, 'mu') and hasattr(niqe, 'cov'):
-        for a in (niqe.mu, niqe.cov): h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-    else: return None
-    return h.hexdigest()
 
 def scorer_identity(scorer, # a scorer
                     sources:dict|None=None, # the files it was built from (name -> path; None: `scorer_sources`)
@@ -82,7 +73,7 @@ def scorer_identity(scorer, # a scorer
     key = {'model': scorer_tag(scorer), 'higher_better': bool(getattr(scorer, 'higher_better', True)),
            'precision': f"{getattr(scorer, 'amp', 'fp32')}@{getattr(dev, 'type', dev)}",
            'sha256': {k: f['sha256'] for k, f in files.items()}}
-    if not files: key['weights_in_memory_sha256'] = _state_sha256(scorer)   # no file: the parameters themselves
+    if not files: key['weights_in_memory_sha256'] = state_sha256(scorer)   # no file: the parameters themselves
     sid = 'sha256:' + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return {'scorer_id': sid, **key, 'files': files}
 

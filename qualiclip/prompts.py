@@ -402,8 +402,8 @@ def weights_sha256(model:QualiCLIP, # a model loaded with `from_checkpoint` (els
     if ck and Path(str(ck)).is_file():
         from qualiclip.datasets import sha256sum
         return sha256sum(ck)
-    from qualiclip.evaluate import _state_sha256
-    return _state_sha256(model.clip)
+    from qualiclip.core import state_sha256
+    return state_sha256(model.clip)
 
 def read_run_checkpoint(path:str|Path, # a run's checkpoint.pt
                        ) -> dict:

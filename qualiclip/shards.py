@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from .core import (FOLDER_MARK, IMAGE_EXTS, ImageReadError, OutputError, atomic_path, check_output, folder_mark,
-                            leftover_temporaries, load_pil, mark_folder, resize_short_side)
+                            leftover_temporaries, load_pil, mark_folder, resize_short_side, state_sha256)
 from .files import LIST_EXTS, as_is, batch_capacity, check_pixels, expand_inputs, is_file_list, printable, read_file_list
 from .core import writes
 
@@ -343,13 +343,8 @@ def weights_id(*files, # weights/prompt/parameter files or folders, or tags ('op
 def model_id(scorer, # a scorer
             ) -> str:
     "A short SHA-256 of a scorer's parameters and buffers (what a job is keyed on when no weights file is named); 'unknown' for other scorers."
-    sd = scorer.state_dict() if isinstance(scorer, torch.nn.Module) else None
-    if not sd: return 'unknown'
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        t = sd[k].detach().cpu().contiguous()
-        h.update(k.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return 'sha256:' + h.hexdigest()[:16]
+    h = state_sha256(scorer) if isinstance(scorer, torch.nn.Module) and scorer.state_dict() else None
+    return 'sha256:' + h[:16] if h else 'unknown'
 
 # %% ../nbs/15_shards.ipynb #7f811ddd
 def _part_table(rows:list[dict], # the part's rows (id, width, height, error, score, probs, emb)
