@@ -17,9 +17,8 @@ from .core import (atomic_path, check_output, folder_mark, get_device, list_imag
                             demo_photo, write_demo_photos, ImageReadError)
 from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum
 from .metrics import correlations, plcc, srcc
-from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
-from .niqe import niqe_scorer
-from .scoring import get_scorer, register_scorer, score_files, set_precision
+from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP, resolve_weights
+from .scoring import get_scorer, make_scorer, register_scorer, score_files, scorer_spec
 from .core import writes
 
 # %% auto #0
@@ -335,16 +334,15 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
                  random_init:bool=False, # random CLIP weights (tests and timing only)
                 ) -> int:
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
-    kw = dict(niqe_params=niqe_params) if model == 'niqe' else dict(prompts=prompts) if model == 'qualiclip+' else {}
-    if model != 'niqe':
-        from qualiclip.model import resolve_weights
-        try: weights = resolve_weights(weights)   # 'released': the authors' checkpoint, fetched once and checked
-        except (OSError, ValueError, RuntimeError) as e: print(f"qualiclip evaluate: error: {e}", file=sys.stderr); return 2
-    src = {'weights': weights, 'pretrained': pretrained if pretrained and Path(pretrained).exists() else None, **kw}
+    try:
+        if scorer_spec(model)['weights'] == 'checkpoint': weights = resolve_weights(weights)   # 'released': fetched once and checked
+    except (OSError, ValueError, RuntimeError) as e: print(f"qualiclip evaluate: error: {e}", file=sys.stderr); return 2
+    src = {'weights': weights, 'pretrained': pretrained if pretrained and Path(pretrained).exists() else None,
+           **{k: v for k, v in (('niqe_params', niqe_params), ('prompts', prompts)) if v}}
     try:
         eval_outputs(out, [root, *src.values()], quiet=True)   # the folder and its files, before the model loads
-        scorer = set_precision(get_scorer(model, weights=weights, backbone=backbone, pretrained=pretrained,
-                                          random_init=random_init, device=device, **kw), precision)
+        scorer = make_scorer(model, weights, device, precision, backbone=backbone, pretrained=pretrained, random_init=random_init,
+                             niqe_params=niqe_params, prompts=prompts)
         m = evaluate(dataset, root, scorer, split=split, out_dir=out, batch_size=batch_size, workers=workers, sources=src)
     except (DatasetError, FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         print(f"qualiclip evaluate: {e}", file=sys.stderr); return 2
@@ -375,8 +373,9 @@ def bench_models_cmd(n:int=32, # synthetic 1024x768 JPEGs (and at most this many
         synth = [str(f) for f in synthetic_jpegs(d/'synth', n, width, height)]
         write_demo_photos(d/'pristine', 'train')
         for name in models:
-            if name == 'niqe': sc = niqe_scorer(niqe_params=str(d/'pristine'), processes=niqe_processes)
-            else: sc = set_precision(get_scorer(name, backbone=backbone, random_init=True, device=device), precision)
+            spec = scorer_spec(name)   # a CLIP model with random weights, or NIQE fitted on the demo photos
+            sc = (make_scorer(name, str(d/'pristine'), device, processes=niqe_processes) if spec['weights'] == 'niqe' else
+                  make_scorer(name, None, device, precision, backbone=backbone, random_init=True))
             for what, files in (('demo', demo), (f'synthetic {width}x{height}', synth)):
                 score_files(files[:2], sc, batch_size=batch_size, progress=False)             # warm-up (and pool start)
                 t0 = time.perf_counter(); df = score_files(files, sc, batch_size=batch_size, workers=workers, progress=False)

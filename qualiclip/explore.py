@@ -111,13 +111,11 @@ def load_scorer(name:str, # scorer name of `qualiclip.scoring.get_scorer`: 'qual
                 precision:str='auto', # CLIP image tower: 'auto' (CPU: fp32, as `qualiclip score`), 'fp32', 'bf16', 'fp16'
                ):
     "A scorer, built once per (name, file, modification time, device, precision)."
-    from qualiclip.scoring import get_scorer, set_precision
+    from qualiclip.scoring import make_scorer, scorer_spec
     key = (name, *_file_key(path), device, precision)
     if key not in _SCORERS:
-        kw = {'niqe_params': str(path)} if name == 'niqe' else {'weights': str(path)}
-        s = get_scorer(name, device=device, **kw)
+        s = make_scorer(name, str(path), device, precision if scorer_spec(name)['precision'] else None)
         if hasattr(s, 'eval'): s.eval()
-        if name != 'niqe': set_precision(s, precision)
         _SCORERS[key] = s
     return _SCORERS[key]
 
