@@ -1,5 +1,10 @@
 __version__ = "0.1.0"
 
+import os as _os
+if _os.environ.get('QUALICLIP_TRACE'):   # record which modules' code each command runs (the stage-dependency test)
+    from .core import start_trace as _start_trace
+    _start_trace(_os.environ['QUALICLIP_TRACE'])
+
 _LAZY = {'QualiCLIP': 'model', 'create_metric': 'api', 'list_models': 'api'}   # imported on first use: `import qualiclip` stays light
 
 def __getattr__(name):

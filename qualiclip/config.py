@@ -36,7 +36,7 @@ class PrepareKeys:
     "`prepare:` where datasets and their indexes live."
     root:str = 'data/datasets' # each dataset in <root>/<name>, in its owners' layout (your input, never written)
     index:str = 'data/index' # <index>/<name>.csv: the verified list of images, scores and splits (written)
-    generated:list[str] = field(default_factory=lambda: ['demo']) # datasets the pipeline builds itself (outputs of stage `generate`)
+    generated:list[str] = field(default_factory=list) # datasets the pipeline builds itself (outputs of stage `generate`; the demo: [demo])
     pools:dict[str, str] = field(default_factory=dict) # training pools listed by stage `index_pool`: name -> folder or zip archive (never hashed)
     pool_dep:str = 'data/pristine/train' # what training depends on: a pool's list (<index>/pool-<name>.csv) or the pipeline's own folder
 

@@ -4,8 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, io, json, os, random, sys, tempfile, time, warnings
-from pathlib import Path
+import contextlib, glob, io, json, os, random, sys, tempfile, time, warnings, zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ __all__ = ['FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHO
            'OutputError', 'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder',
            'writes', 'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError',
            'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
-           'list_images', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
+           'list_images', 'pool_archive_members', 'zip_images', 'read_member', 'start_trace', 'demo_photo',
+           'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -495,6 +496,63 @@ def list_images(paths:list|str|Path, # files, folders or glob patterns
     if not res: raise FileNotFoundError(f"No readable image files in {', '.join(map(str, paths if isinstance(paths, list) else [paths]))}: "
                                         + ' '.join(bad[:3]))
     return res
+
+# %% ../nbs/00_core.ipynb #ee220350
+def pool_archive_members(names:list, # member names of the archive
+                        ) -> dict:
+    "Member name -> path under the pool folder, for the images under a `ref_imgs/` folder (everything else is skipped)."
+    out = {}
+    for n in names:
+        parts = PurePosixPath(n.replace('\\', '/')).parts
+        if 'ref_imgs' in parts[:-1] and not n.endswith('/'):
+            rest = parts[parts.index('ref_imgs') + 1:]
+            if rest: out[n] = str(PurePosixPath(*rest))
+    return out
+
+def zip_images(archive:str|Path, # a zip of images (KADIS-700k's: only its ref_imgs/ members are taken)
+              ) -> list[str]:
+    "An archive's images as sorted `<archive>::<member>` names, read in place (`read_member`): a 25 GB pool needs no unpacking."
+    try:
+        with zipfile.ZipFile(archive) as z: names = [i.filename for i in z.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FileNotFoundError(f"{archive}: not a readable zip archive ({type(e).__name__}: {e}); fetch it again (dvc update data.dvc).") from None
+    sel = sorted(pool_archive_members(names)) or sorted(
+        n for n in names if Path(n).suffix.lower() in IMAGE_EXTS and not any(p.startswith('.') for p in PurePosixPath(n).parts))
+    if not sel: raise FileNotFoundError(f"{archive}: no image inside; is it the KADIS-700k archive (kadis700k/ref_imgs/*.png)?")
+    return [f"{archive}::{n}" for n in sel]
+
+_ZIPS = {}   # (process id, archive) -> open ZipFile: each loader process opens an archive once
+
+def read_member(name:str, # `<archive>::<member>`, as `zip_images` lists it
+               ) -> bytes:
+    "The bytes of one archive member (the archive opened once per process)."
+    arc, _, member = str(name).partition('::')
+    key = (os.getpid(), arc)
+    if key not in _ZIPS: _ZIPS[key] = zipfile.ZipFile(arc)
+    return _ZIPS[key].read(member)
+
+# %% ../nbs/00_core.ipynb #5c036f4f
+_CO_OPTIMIZED = 0x1   # code flag of functions (not of module or class bodies, which run when a module is imported)
+
+def start_trace(folder:str|Path, # where each process appends `<command>\t<module file>` lines (`<pid>.tsv`)
+               ) -> None:
+    "Record, in this process and the processes it starts, each qualiclip module a function of which runs (imports alone do not count)."
+    import shlex, threading
+    pkg = str(Path(__file__).resolve().parent) + os.sep
+    cmd = os.environ.setdefault('QUALICLIP_TRACE_CMD', shlex.join(['qualiclip', *sys.argv[1:]]))   # children inherit the stage's command
+    seen, out = set(), Path(folder)
+    def importing(frame):
+        while frame is not None:
+            if frame.f_code.co_filename.startswith('<frozen importlib'): return True
+            frame = frame.f_back
+        return False
+    def tracer(frame, event, arg):
+        f = frame.f_code.co_filename
+        if f in seen or not f.startswith(pkg) or not frame.f_code.co_flags & _CO_OPTIMIZED or importing(frame): return None
+        seen.add(f); out.mkdir(parents=True, exist_ok=True)
+        with open(out/f'{os.getpid()}.tsv', 'a', encoding='utf-8') as t: t.write(f"{cmd}\t{f[len(pkg):]}\n")
+        return None
+    sys.settrace(tracer); threading.settrace(tracer)
 
 # %% ../nbs/00_core.ipynb #50207d2a
 DEMO_PHOTOS = {

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DataLoader
 
-from .core import (ImageReadError, load_pil, resize_short_side, list_images, get_device, make_generator,
+from .core import (ImageReadError, load_pil, read_member, resize_short_side, list_images, zip_images, get_device, make_generator,
                             demo_photo, demo_images, demo_folder, DEMO_SPLITS)
 from .distortions import apply_compositions, sample_compositions, ssim, psnr
 from .core import writes
@@ -33,14 +33,15 @@ def derive_seed(seed:int, # the run's seed
 # %% ../nbs/02_pairs.ipynb #d4c242dd
 class PristineFolder(Dataset):
     "Images from files, folders or globs; decoded, randomly resized and returned as (3,H,W) tensors."
-    def __init__(self, paths, # files, folders or glob patterns (e.g. 'kadis700k/ref_imgs')
+    def __init__(self, paths, # files, folders or glob patterns (e.g. 'kadis700k/ref_imgs'), or a zip archive (its images read in place)
                  recursive:bool=False, # descend into sub-folders
                  scale:tuple=(1.0, 1.0), # range of the random factor applied to the shorter side
                  min_short:int=224, # never resize the shorter side below this (smaller images are upscaled to it)
                  as_float:bool=False, # return float32 in [0,1] instead of uint8
                  seed:int=0, # seed of the random resize
                 ):
-        self.files = list_images(paths, recursive)
+        is_zip = isinstance(paths, (str, Path)) and str(paths).lower().endswith('.zip') and Path(paths).is_file()
+        self.files = zip_images(paths) if is_zip else list_images(paths, recursive)   # a zip: its images read in place
         if not 0 < scale[0] <= scale[1]: raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}.")
         self.scale, self.min_short, self.as_float, self.seed, self.epoch = tuple(scale), min_short, as_float, seed, 0
 
@@ -51,7 +52,8 @@ class PristineFolder(Dataset):
              epoch:int=0, # the epoch: the random resize is a function of (seed, epoch, i)
             ) -> torch.Tensor|None:
         "Decode and resize file i for an epoch; None (with a warning naming the file) when it cannot be read."
-        try: img = load_pil(self.files[i])
+        f = self.files[i]
+        try: img = load_pil(read_member(f), name=f) if isinstance(f, str) and '::' in f else load_pil(f)
         except (ImageReadError, OSError) as e:
             warnings.warn(f"Skipping {self.files[i]}: {e}"); return None
         s = np.random.default_rng([self.seed, epoch, i]).uniform(*self.scale)

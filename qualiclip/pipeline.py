@@ -12,75 +12,22 @@ import numpy as np
 import pandas as pd
 
 from .datasets import DISK_SPACE, read_index, write_index   # the index files: `qualiclip.datasets`
-from .core import DEMO_SPLITS, atomic_path, demo_photo, load_params, repo_root, resolve, seed_everything, write_demo_photos
+from .core import (DEMO_SPLITS, atomic_path, demo_photo, pool_archive_members, repo_root, resolve, seed_everything,
+                            write_demo_photos, zip_images)
+from .config import held, load_profile   # the profile's declaration: `qualiclip.config`
 from .train import train_config   # a profile's training settings: `qualiclip.train`
 from .core import OutputError, check_output, file_kind, output_folder, writes
 
 # %% auto #0
-__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'check_profile', 'Input', 'profile_inputs', 'check_cmd', 'pool_archive_members',
-           'unpack_pool', 'unpack_cmd', 'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params',
-           'standin_cmd', 'index_cmd', 'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd',
-           'ablate_cmd', 'evaluate_models', 'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
+__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'Input', 'profile_inputs', 'check_cmd', 'unpack_pool', 'unpack_cmd',
+           'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params', 'standin_cmd', 'index_cmd',
+           'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models',
+           'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
 
 # %% ../nbs/13_pipeline.ipynb #07db67fe
-_PROFILE_TYPES = {   # key -> what it must hold (None, i.e. an empty value, is always allowed: the default applies)
-    'profile': 'text', 'seed': 'int', 'device': 'text', 'ablations_dir': 'path', 'ablations': 'sections', 'paper': 'sections',
-    'prompts': 'section', 'pristine': 'section', 'pristine.demo_dir': 'path', 'pristine.pool_archive': 'path',
-    'model': 'section', 'model.backbone': 'text', 'model.start': 'files', 'model.init_dir': 'path',
-    'prepare': 'section', 'prepare.root': 'path', 'prepare.index': 'path', 'prepare.pools': 'files', 'prepare.pool_dep': 'path',
-    'prepare.generated': 'names', 'prepare.datasets': 'names',
-    'train': 'section', 'train.pristine': 'path', 'train.val_pristine': 'path', 'train.out': 'path',
-    'evaluate': 'section', 'evaluate.out': 'path', 'evaluate.split': 'text', 'evaluate.datasets': 'names',
-    'evaluate.niqe_params': 'path', 'evaluate.released': 'files', 'evaluate.released_datasets': 'names',
-    'evaluate.batch_size': 'int', 'evaluate.workers': 'int', 'evaluate.niqe_processes': 'int', 'evaluate.precision': 'text',
-}
-_PAPER_PATHS = ('out_md', 'out_png', 'out_dir', 'out_csv', 'out_metrics')   # paper.<name>.<key>: the paper notebooks' output paths
-_EXAMPLES = {'model.start': 'openai: data/weights/RN50.pt` or `random: qualiclip/model.py',
-             'evaluate.released': 'released: data/released/qualiclip.pth', 'prepare.pools': 'kadis700k: data/kadis700k/ref_imgs'}
-_DUE = {'section': 'a mapping of keys (a section, as in params.yaml)', 'sections': 'a mapping of names to sections',
-        'files': 'a mapping of names to paths', 'names': 'a list of names, e.g. [koniq10k, live]',
-        'path': 'a path (text)', 'text': 'text', 'int': 'a whole number'}
-
-def _held(v) -> str:
-    "A YAML value and its type, in words."
-    t = {dict: 'a mapping', list: 'a list', str: 'text', bool: 'true/false', int: 'a number', float: 'a number'}.get(type(v), type(v).__name__)
-    r = repr(v); return f"{r[:60] + '...' if len(r) > 60 else r} ({t})"
-
-def _type_ok(v, tag:str, key:str) -> bool:
-    "Whether a value holds what `tag` asks for."
-    if v is None: return True
-    if tag in ('text', 'path'): return isinstance(v, str) or (tag == 'text' and isinstance(v, (int, float)) and not isinstance(v, bool))
-    if tag == 'int': return isinstance(v, int) and not isinstance(v, bool)
-    if tag == 'names': return isinstance(v, list) and all(isinstance(x, str) for x in v)
-    if tag == 'section': return isinstance(v, dict)
-    if tag == 'sections': return isinstance(v, dict) and all(x is None or isinstance(x, dict) for x in v.values())
-    if tag == 'files': return isinstance(v, dict) and all(isinstance(f, str) or (k == 'random' and key == 'model.start') for k, f in v.items())
-    raise ValueError(f"unknown profile type {tag!r}")
-
-def check_profile(p:dict, # a loaded profile
-                  src:str='the params', # where it came from, for messages (the file name)
-                 ) -> dict:
-    "The profile itself when every section and value this module reads has its type; else a `ValueError` naming the key."
-    def bad(key, v, tag):
-        eg = f", e.g. `{_EXAMPLES[key]}`" if key in _EXAMPLES else ''
-        return ValueError(f"{src}: {key} is {_held(v)}; it must be {_DUE[tag]}{eg}. Fix it in the params file (params.yaml shows each section).")
-    for key, tag in _PROFILE_TYPES.items():
-        sec, _, sub = key.partition('.')
-        if sub and not isinstance(p.get(sec), dict): continue   # an empty section (a wrong one is named by its own key)
-        v = p[sec].get(sub) if sub else p.get(sec)
-        if not _type_ok(v, tag, key):
-            if tag in ('sections', 'files') and isinstance(v, dict):   # name the entry at fault
-                k, x = next((k, x) for k, x in v.items() if not _type_ok({k: x}, tag, key))
-                raise bad(f"{key}.{k}", x, 'section' if tag == 'sections' else 'path')
-            raise bad(key, v, tag)
-    for name, sec in (p.get('paper') or {}).items():
-        for k in _PAPER_PATHS:
-            if isinstance(sec, dict) and not _type_ok(sec.get(k), 'path', k): raise bad(f"paper.{name}.{k}", sec[k], 'path')
-    return p
-
 def _params(params:str|dict) -> dict:
-    "A params dict from a file name or a dict, its section types checked (`check_profile`)."
-    return check_profile(params) if isinstance(params, dict) else check_profile(load_params(params), str(params))
+    "A profile from a file (overlays resolved) or a dict: every key checked, defaults filled in (`qualiclip.config.load_profile`)."
+    return load_profile(params)
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e003
 NIQE_RELEASE = 'https://live.ece.utexas.edu/research/quality/niqe_release.zip'
@@ -94,12 +41,12 @@ class Input:
     present:bool # whether it is usable there now
     action:str # what to do when it is missing
     space:str='' # disk space it takes
-    note:str='' # what was found (a layout problem, an archive waiting to be unpacked)
+    note:str='' # what was found (a layout problem, a damaged archive)
 
 # %% ../nbs/13_pipeline.ipynb #55f7f353
 def _is_demo_path(p, params) -> bool:
     "Whether a path lies in what the pipeline writes itself (the demo photos)."
-    d = str((params.get('pristine') or {}).get('demo_dir') or 'data/pristine').rstrip('/')
+    d = str(params['pristine']['demo_dir']).rstrip('/')
     return str(p) == d or str(p).startswith(d + '/')
 
 def _dangling(path:Path) -> str:
@@ -108,10 +55,10 @@ def _dangling(path:Path) -> str:
     return (f"a symbolic link to {os.readlink(path)}, which does not exist: create what it points to, "
             "or remove the link")
 
-_FILE_KINDS = {'checkpoint': ({'zip', 'pickle'}, 'a PyTorch checkpoint'), 'mat': ({'mat'}, 'a MATLAB .mat file')}
+_FILE_KINDS = {'checkpoint': ({'zip', 'pickle'}, 'a PyTorch checkpoint'), 'mat': ({'mat'}, 'a MATLAB .mat file'), 'zip': ({'zip'}, 'a zip archive')}
 
 def _file_problem(path:Path, # a file a profile needs
-                  kind:str, # 'checkpoint' (TorchScript or torch.save) or 'mat'
+                  kind:str, # 'checkpoint' (TorchScript or torch.save), 'mat' or 'zip'
                  ) -> str:
     "'' when the file looks usable, else what is wrong with it (empty, truncated, of another kind)."
     if not path.is_file(): return _dangling(path) or ('a folder, not a file' if path.is_dir() else '')
@@ -148,48 +95,62 @@ def _dataset_input(name:str, root:str) -> Input:
            f"get it from {spec.homepage} (the owners' form or page) and unpack it into {root}/ so that it reads:\n{spec.layout}")
     return Input(f"{spec.title}", root, present, act, DISK_SPACE.get(name, ''), note)
 
+def _pool_input(pool:str, # train.pristine: a zip archive or a folder of pristine images
+               ) -> Input:
+    "The training pool: present only when training can read it (a zip with images inside, or a folder with files in it)."
+    f = resolve(pool); arc = str(pool).lower().endswith('.zip'); note = ''
+    if arc:
+        present = f.is_file() and not _file_problem(f, 'zip')
+        if present:
+            try: zip_images(f)
+            except FileNotFoundError as e: present, note = False, str(e)
+        elif f.exists() or f.is_symlink(): note = f"{pool}: {_file_problem(f, 'zip') or _dangling(f)}"
+        act = (f"dvc update data.dvc (KADIS-700k's archive to {pool}; training reads its ref_imgs/ in place), or set train.pristine "
+               "and prepare.pools to a folder holding the unpacked ref_imgs/ images")
+    else:
+        present = f.is_dir() and any(f.iterdir())
+        note = f"{pool} is {_dangling(f)}" if _dangling(f) else ''
+        act = (f"unpack the archive's ref_imgs/ into {pool}/ (`qualiclip unpack --archive data/downloads/kadis700k.zip "
+               "--params params.yaml`), or set train.pristine and prepare.pools to the archive itself (read in place)")
+    return Input('KADIS-700k pristine images (training pool)', str(pool), present, act, DISK_SPACE['kadis700k'], note)
+
 def profile_inputs(params:str|dict='params.yaml', # params file or dict (the profile)
                   ) -> list[Input]:
     "Every input the profile needs from its user, each with its documented path and whether it is there."
+    from qualiclip.scoring import scorer_spec
     p = _params(params); out = []
-    prep = p.get('prepare') or {}; root = str(prep.get('root') or 'data/datasets').rstrip('/')
-    generated = set(prep.get('generated') or [])
-    for name in prep.get('datasets') or []:
+    root = p['prepare']['root'].rstrip('/'); generated = set(p['prepare']['generated'])
+    for name in p['datasets']:
         if name not in generated: out.append(_dataset_input(name, f"{root}/{name}"))
-    pool = (p.get('train') or {}).get('pristine')
-    if pool and not _is_demo_path(pool, p):
-        arc = (p.get('pristine') or {}).get('pool_archive') or ''
-        folder = resolve(pool)
-        has = folder.is_dir() and any(folder.iterdir())
-        waiting = not has and arc and resolve(arc).is_file()
-        note = (f"{arc} is here: `qualiclip unpack` unpacks its ref_imgs/ (make repro does)" if waiting else
-                f"{pool} is {_dangling(folder)}" if _dangling(folder) else '')
-        out.append(Input('KADIS-700k pristine images (training pool)', str(pool), bool(has or waiting),
-                         f"dvc update data.dvc (the archive to {arc}; `qualiclip unpack` then unpacks ref_imgs/ only), "
-                         f"or `qualiclip prepare kadis700k {Path(pool).parent} --download`, "
-                         f"or unpack the archive's ref_imgs/ into {pool}/ yourself",
-                         DISK_SPACE['kadis700k'], note))
-    start = (p.get('model') or {}).get('start') or {}
-    for tag, f in start.items():
+    pool = p['train']['pristine']
+    if pool and not _is_demo_path(pool, p): out.append(_pool_input(pool))
+    for tag, f in p['model']['start'].items():
         if tag == 'random': continue
         url = ''
         try:
             import open_clip
-            url = open_clip.get_pretrained_cfg((p.get('model') or {}).get('backbone') or 'RN50-quickgelu', tag).get('url', '')
+            url = open_clip.get_pretrained_cfg(p['model']['backbone'], tag).get('url', '')
         except Exception: pass
         out.append(_file_input(f"CLIP starting weights ({tag})", str(f), 'checkpoint',
                                f"download OpenAI's weights{' (' + url + ')' if url else ''} to {f}, e.g. "
                                f"`mkdir -p {Path(f).parent} && curl -L -o {f} {url or 'URL'}`", '0.3 GB'))
-    ev = p.get('evaluate') or {}
-    niqe = ev.get('niqe_params')
-    if niqe and ev.get('datasets') and not _is_demo_path(niqe, p):
-        out.append(_file_input('NIQE parameters of the official release', str(niqe), 'mat',
-                               f"download the NIQE release ({NIQE_RELEASE}) and copy its modelparameters.mat to {niqe}", '1 MB'))
-    if ev.get('released_datasets'):
-        for name, rel in (ev.get('released') or {}).items():
-            out.append(_file_input(f"the authors' released checkpoint ({name})", str(rel), 'checkpoint',
-                                   f"download qualiclip.pth from {RELEASED_PAGE} to {rel}", '0.4 GB'))
+    made = _made_by_pipeline(p)
+    for name, m in p['evaluate']['models'].items():   # each model's weights file, unless the pipeline writes it
+        w = m['weights']
+        if w in made or _is_demo_path(w, p): continue
+        kind = scorer_spec(m['scorer'])['weights']
+        if kind == 'niqe':
+            out.append(_file_input(f'NIQE parameters of the official release ({name})', str(w), 'mat',
+                                   f"download the NIQE release ({NIQE_RELEASE}) and copy its modelparameters.mat to {w}", '1 MB'))
+        else:
+            out.append(_file_input(f"the weights of {name} ({m['label'] or m['scorer']})", str(w), 'checkpoint',
+                                   f"put the {m['scorer']} checkpoint at {w} (the authors' released qualiclip.pth: {RELEASED_PAGE})", '0.4 GB'))
     return out
+
+def _made_by_pipeline(p:dict) -> set:
+    "The weights files the pipeline writes itself (our run, the starting weights, the ablations)."
+    return {f"{p['train']['out']}/qualiclip.pth", f"{p['model']['init_dir']}/qualiclip.pth", f"{p['model']['init_dir']}/clip.pt"} | \
+           {f"{p['ablations_dir']}/{a}/qualiclip.pth" for a in p['ablations']}
 
 # %% ../nbs/13_pipeline.ipynb #7c6ec9ab
 @writes(inputs=('params',))
@@ -197,7 +158,7 @@ def check_cmd(params:str='params.yaml', # the profile
              ) -> int:
     "List every input the profile needs, present or missing, with what to do for each missing one; exit 1 if any is missing."
     p = _params(params); ins = profile_inputs(p); miss = [i for i in ins if not i.present]
-    print(f"profile {p.get('profile', '?')} ({params}): {len(ins)} input(s) from you, {len(miss)} missing")
+    print(f"profile {p['profile']} ({params}): {len(ins)} input(s) from you, {len(miss)} missing")
     for i in ins:
         print(f"  [{'ok' if i.present else 'MISSING'}] {i.path}  ({i.what}{', ' + i.space if i.space else ''})"
               + (f"\n      {i.note}" if i.note else ''))
@@ -207,18 +168,6 @@ def check_cmd(params:str='params.yaml', # the profile
               "or `qualiclip standin` to fake them for a smoke run.", file=sys.stderr)
         return 1
     return 0
-
-# %% ../nbs/13_pipeline.ipynb #c0a1e004
-def pool_archive_members(names:list, # member names of the archive
-                        ) -> dict:
-    "Member name -> path under the pool folder, for the images under a `ref_imgs/` folder (everything else is skipped)."
-    out = {}
-    for n in names:
-        parts = PurePosixPath(n.replace('\\', '/')).parts
-        if 'ref_imgs' in parts[:-1] and not n.endswith('/'):
-            rest = parts[parts.index('ref_imgs') + 1:]
-            if rest: out[n] = str(PurePosixPath(*rest))
-    return out
 
 # %% ../nbs/13_pipeline.ipynb #fd2ae105
 def _empty_folder(path:str|Path, # a folder to build: missing, empty, or a symbolic link to an empty folder
@@ -273,20 +222,21 @@ def unpack_pool(archive:str|Path, # the KADIS-700k zip (or any zip with a ref_im
     return dest
 
 # %% ../nbs/13_pipeline.ipynb #ab32483e
-@writes(inputs=('params',))
-def unpack_cmd(params:str='params.yaml', # the profile (`train.pristine`, `pristine.pool_archive`)
+@writes(inputs=('params', 'archive'))
+def unpack_cmd(params:str='params.yaml', # the profile (`train.pristine`: the folder to fill)
+               archive:str='data/downloads/kadis700k.zip', # the KADIS-700k zip whose ref_imgs/ to unpack
               ) -> int:
-    "Unpack the pristine pool archive's ref_imgs/ into `train.pristine` when that folder is missing or empty (never overwrites)."
-    p = _params(params)
-    pool = (p.get('train') or {}).get('pristine'); arc = (p.get('pristine') or {}).get('pool_archive')
-    if not pool or not arc or _is_demo_path(pool, p): print("unpack: nothing to unpack in this profile"); return 0
+    "Unpack the pool archive's ref_imgs/ into `train.pristine` when that is a missing or empty folder (never overwrites); a zip pool needs nothing."
+    p = _params(params); pool = p['train']['pristine']
+    if not pool or _is_demo_path(pool, p): print("unpack: nothing to unpack in this profile"); return 0
+    if str(pool).lower().endswith('.zip'): print(f"unpack: nothing to do: training reads {pool} in place"); return 0
     folder = resolve(pool)
     if folder.is_dir() and any(folder.iterdir()): print(f"unpack: {pool} is already there"); return 0
-    if not resolve(arc).is_file():
-        print(f"unpack: neither {pool} nor {arc} is there; run `qualiclip check` for what to do", file=sys.stderr); return 1
-    _empty_folder(folder, 'train.pristine', inputs=[params, resolve(arc)])   # a link to nothing, a file: said before any work
-    unpack_pool(resolve(arc), folder, what='train.pristine')
-    print(f"unpack: {arc} -> {pool} ({sum(1 for _ in folder.resolve().rglob('*') if _.is_file() and _.name != '.qualiclip.json')} files)")
+    if not resolve(archive).is_file():
+        print(f"unpack: neither {pool} nor {archive} is there; run `qualiclip check` for what to do", file=sys.stderr); return 1
+    _empty_folder(folder, 'train.pristine', inputs=[params, resolve(archive)])   # a link to nothing, a file: said before any work
+    unpack_pool(resolve(archive), folder, what='train.pristine')
+    print(f"unpack: {archive} -> {pool} ({sum(1 for _ in folder.resolve().rglob('*') if _.is_file() and _.name != '.qualiclip.json')} files)")
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #c0a1e005
@@ -338,10 +288,8 @@ def _standin_target(i:Input, # a missing input
                     p:dict, # the profile
                    ) -> tuple[str, str]:
     "(the path a stand-in for the input is written to, its kind: 'folder', 'zip', 'checkpoint' or 'mat')."
-    if i.what.startswith('KADIS'):
-        arc = (p.get('pristine') or {}).get('pool_archive')
-        return (arc, 'zip') if arc else (i.path, 'folder')
-    if i.what.startswith(('CLIP starting weights', "the authors'")): return i.path, 'checkpoint'
+    if i.what.startswith('KADIS'): return i.path, 'zip' if i.path.lower().endswith('.zip') else 'folder'
+    if i.what.startswith(('CLIP starting weights', "the weights of")): return i.path, 'checkpoint'
     if i.what.startswith('NIQE'): return i.path, 'mat'
     return i.path, 'folder'
 
@@ -373,12 +321,12 @@ def standin_cmd(params:str='params.yaml', # the profile
     from qualiclip.datasets import miniature
     from qualiclip.model import random_official_checkpoint
     p = _params(params); wrote = []
-    backbone = (p.get('model') or {}).get('backbone') or 'RN50-quickgelu'
+    backbone = p['model']['backbone']
     plan, left = _standin_plan(p, params)
     for msg in left: print(f"standin: {msg}", file=sys.stderr)
     for i, dest, kind in plan:
         if i.what.startswith('KADIS') and kind == 'zip':
-            standin_pool_archive(dest); wrote.append(f"{_standin_target(i, p)[0]} (KADIS-700k-layout archive of demo photos)")
+            standin_pool_archive(dest); wrote.append(f"{i.path} (KADIS-700k-layout archive of demo photos)")
         elif i.what.startswith('KADIS'):
             with tempfile.TemporaryDirectory(prefix='qualiclip-standin-') as d:   # the zip lives only in this call's own folder
                 unpack_pool(standin_pool_archive(Path(d)/'kadis700k.zip'), dest, progress=False, what='train.pristine')
@@ -387,7 +335,7 @@ def standin_cmd(params:str='params.yaml', # the profile
             standin_openai_weights(dest, backbone, seed); wrote.append(f"{i.path} (random {backbone}, TorchScript)")
         elif i.what.startswith('NIQE'):
             standin_niqe_params(dest); wrote.append(f"{i.path} (NIQE fitted on demo photos, official format)")
-        elif i.what.startswith("the authors'"):
+        elif i.what.startswith("the weights of"):
             random_official_checkpoint(dest, backbone, seed); wrote.append(f"{i.path} (random {backbone}, official layout)")
         else:
             miniature(Path(i.path).name, dest, n=n, seed=seed, size=tuple(size)); wrote.append(f"{i.path} (miniature in the owners' layout)")
@@ -426,27 +374,32 @@ def index_cmd(dataset:str, # dataset name, e.g. koniq10k
     return 0
 
 # %% ../nbs/13_pipeline.ipynb #642f90f3
-def index_pool(folder:str|Path, # a folder of pristine images (searched recursively)
-               out:str|Path, # the list to write (CSV: path relative to the folder, bytes, mtime_ns)
+def index_pool(folder:str|Path, # a folder of pristine images (searched recursively), or a zip archive of them
+               out:str|Path, # the list to write (CSV: path relative to the folder or inside the archive, bytes, mtime_ns, crc32)
               ) -> pd.DataFrame:
-    "List a folder's image files with size and modification time, sorted, written atomically; an error (`out` kept) when there is none."
+    "List a pool's image files with size and modification time (an archive's: size and CRC-32), sorted, written atomically; an error (`out` kept) when there is none."
     from qualiclip.core import scan_images
     folder = Path(folder)
     check_output(out, 'csv', inputs=folder, quiet=True)   # before the folder is listed
     if _dangling(folder): raise FileNotFoundError(f"{folder} is {_dangling(folder)}; `qualiclip check` says how to get the training pool.")
-    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder; `qualiclip check` says how to get the training pool.")
-    rows = []
-    for f, e in scan_images(folder, recursive=True):
-        st = f.stat() if not e else None
-        rows.append({'path': f.relative_to(folder).as_posix(), 'bytes': st.st_size if st else None,
-                     'mtime_ns': st.st_mtime_ns if st else None, 'error': e})
-    df = pd.DataFrame(rows, columns=['path', 'bytes', 'mtime_ns', 'error'])
+    if folder.suffix.lower() == '.zip' and folder.is_file():   # read in place: the archive's directory, not 25 GB of members
+        names = {n.partition('::')[2] for n in zip_images(folder)}
+        with zipfile.ZipFile(folder) as z: info = {i.filename: i for i in z.infolist()}
+        rows = [{'path': n, 'bytes': info[n].file_size, 'mtime_ns': None, 'crc32': info[n].CRC, 'error': None} for n in sorted(names)]
+    elif not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder or archive; `qualiclip check` says how to get the training pool.")
+    else:
+        rows = []
+        for f, e in scan_images(folder, recursive=True):
+            st = f.stat() if not e else None
+            rows.append({'path': f.relative_to(folder).as_posix(), 'bytes': st.st_size if st else None,
+                         'mtime_ns': st.st_mtime_ns if st else None, 'crc32': None, 'error': e})
+    df = pd.DataFrame(rows, columns=['path', 'bytes', 'mtime_ns', 'crc32', 'error'])
     with atomic_path(out) as t: df.to_csv(t, index=False)
     return df
 
 # %% ../nbs/13_pipeline.ipynb #0976b562
 @writes(inputs=('folder',), out='csv')
-def index_pool_cmd(folder:str, # the training pool's folder, e.g. data/kadis700k/ref_imgs
+def index_pool_cmd(folder:str, # the training pool: its archive (data/downloads/kadis700k.zip) or folder (data/kadis700k/ref_imgs)
                    out:str, # the list, e.g. data/index/pool-kadis700k.csv
                   ) -> int:
     "List the training pool's images (size and time of each file) so that DVC depends on the list, not on 140k files."
@@ -488,13 +441,13 @@ def init_weights(params:str|dict='params.yaml', # the profile (`model:` and `see
     "Build the starting model and write it as plain CLIP weights (`clip.pt`) and in the official layout (`qualiclip.pth`)."
     import torch
     from qualiclip.model import QualiCLIP
-    p = _params(params); m = p.get('model') or {}
-    start = m.get('start') or {'random': None}
+    p = _params(params); m = p['model']
+    start = m['start']
     if len(start) != 1: raise ValueError(f"model.start must have exactly one entry (random, or a tag and its weights file); got {list(start)}.")
     for k in ('backbone', 'init_dir'):
         if not m.get(k): raise ValueError(f"model.{k} is not set in the params; add it (params.yaml shows the model: section).")
     (tag, f), = start.items()
-    seed = int(p.get('seed') or 0)
+    seed = p['seed']
     src = None if tag == 'random' else str(resolve(f))
     if src and not Path(src).is_file():
         raise FileNotFoundError(f"{f}: the {tag} starting weights are not there; `qualiclip check` says how to get them.")
@@ -531,40 +484,37 @@ def ablate_cmd(name:str, # a key of `ablations:` in the profile
 # %% ../nbs/13_pipeline.ipynb #c0a1e009
 def _checkpoints(p:dict) -> tuple[str, str]:
     "(our trained checkpoint, the starting weights in the official layout): where the profile puts them."
-    return f"{(p.get('train') or {}).get('out')}/qualiclip.pth", f"{(p.get('model') or {}).get('init_dir')}/qualiclip.pth"
+    return f"{p['train']['out']}/qualiclip.pth", f"{p['model']['init_dir']}/qualiclip.pth"
 
 def evaluate_models(params:str|dict='params.yaml', # the profile
                    ) -> dict:
-    "Model name -> (scorer name, weights file, datasets): what the profile evaluates, each from its one place in the profile."
-    p = _params(params); ev = p.get('evaluate') or {}
-    ds = list(ev.get('datasets') or []); ours, start = _checkpoints(p)
-    out = {'ours': ('qualiclip', ours, ds), 'clipiqa': ('clipiqa', start, ds),
-           'niqe': ('niqe', ev.get('niqe_params'), ds)}
-    for name, f in (ev.get('released') or {}).items(): out[name] = ('qualiclip', f, list(ev.get('released_datasets') or []))
-    return out
+    "Model name -> (scorer name, weights file, datasets): the profile's `evaluate.models`, each on its datasets."
+    p = _params(params)
+    return {k: (m['scorer'], m['weights'], list(m['datasets'] if m['datasets'] is not None else p['datasets']))
+            for k, m in p['evaluate']['models'].items()}
 
 # %% ../nbs/13_pipeline.ipynb #afa6c8fb
 @writes(inputs=('params',))
-def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.released
+def evaluate_all_cmd(model:str, # a key of the profile's evaluate.models (ours, clipiqa, niqe, released, ...)
                      params:str='params.yaml', # the profile
                     ) -> int:
     "Evaluate one model of the profile on each of its datasets (one process, the model loaded once): `<evaluate.out>/<model>/<dataset>/`."
     from qualiclip.evaluate import evaluate
-    from qualiclip.scoring import get_scorer, set_precision
-    p = _params(params); ev = p.get('evaluate') or {}; models = evaluate_models(p)
+    from qualiclip.scoring import make_scorer, scorer_spec
+    p = _params(params); ev = p['evaluate']; models = evaluate_models(p)
     if model not in models: raise ValueError(f"No model {model!r} in this profile; it evaluates {sorted(models)}.")
     kind, weights, datasets = models[model]
     if not weights or not resolve(weights).exists():
         raise FileNotFoundError(f"{weights}: the weights of {model} are not there; `qualiclip check` says how to get them.")
-    kw = ({'niqe_params': str(resolve(weights)), 'processes': int(ev.get('niqe_processes', 1))} if kind == 'niqe'
-          else {'weights': str(resolve(weights))})
-    scorer = set_precision(get_scorer(kind, device=p.get('device', 'auto'), **kw), ev.get('precision', 'auto') if kind != 'niqe' else 'auto')
-    index, out = resolve((p.get('prepare') or {}).get('index', 'data/index')), resolve(ev.get('out', 'outputs/eval'))/model
+    spec = scorer_spec(kind)
+    scorer = make_scorer(kind, str(resolve(weights)), p['device'], ev['precision'] if spec['precision'] else None,
+                         **({'processes': ev['niqe_processes']} if 'processes' in spec['options'] else {}))
+    index, out = resolve(p['prepare']['index']), resolve(ev['out'])/model
     failed = []
     for d in datasets:
         try:
-            m = evaluate(d, index/f'{d}.csv', scorer, split=ev.get('split', 'all'), out_dir=out/d,
-                         batch_size=int(ev.get('batch_size', 16)), workers=int(ev.get('workers', 0)), resume=False, progress=False)
+            m = evaluate(d, index/f'{d}.csv', scorer, split=ev['split'], out_dir=out/d,
+                         batch_size=ev['batch_size'], workers=ev['workers'], resume=False, progress=False)
             if m.get('srcc') is None: failed.append(f"{d}: no correlation ({m.get('metrics_error') or 'every image failed'})")
         except (ValueError, OSError) as e: failed.append(f"{d}: {e}")
     for f in failed: print(f"evaluate-all {model}: {f}", file=sys.stderr)
@@ -574,24 +524,20 @@ def evaluate_all_cmd(model:str, # ours, clipiqa, niqe, or a name under evaluate.
 def paper_params(params:str|dict, # the profile
                  name:str, # a paper notebook (nbs/paper/<name>.ipynb)
                 ) -> dict:
-    "The parameters of a paper notebook: its `paper.<name>` section plus the keys it shares with the profile."
-    p = _params(params)
-    sec = (p.get('paper') or {}).get(name)
-    if sec is None: raise ValueError(f"The params have no section paper.{name}; add it (see params.yaml).")
-    prep, ev = p.get('prepare') or {}, p.get('evaluate') or {}
-    root = str(prep.get('root', 'data/datasets')).rstrip('/'); ours, start = _checkpoints(p)
-    shared = {'eval_dir': ev.get('out'), 'device': p.get('device'), 'seed': p.get('seed'),
-              'weights': ours, 'clip_weights': start, 'clipiqa_weights': start,
-              'runs_dir': p.get('ablations_dir'), 'roots': {d: f"{root}/{d}" for d in prep.get('datasets') or []},
-              'index_dir': prep.get('index', 'data/index'), 'workers': int(ev.get('workers', 0))}
-    keys = {'T1_opinion_unaware': ['eval_dir', 'seed'], 'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
-            'T3_ablations': ['runs_dir', 'index_dir', 'workers', 'device', 'seed'], 'F1_levels': ['eval_dir'],
-            'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'], 'F3_gmad': ['eval_dir']}.get(name, [])
-    dup = sorted(set(keys) & set(sec))
-    if dup: raise ValueError(f"paper.{name}.{dup[0]} comes from the rest of the profile; remove it from paper.{name}.")
-    out = {**{k: shared[k] for k in keys}, **sec}
-    if 'dataset' in out and name in ('T3_ablations', 'F1_levels'): out['dataset_root'] = f"{root}/{out['dataset']}"
-    return out
+    "The parameters of a paper notebook: its `paper.<name>` section plus the keys it shares with the profile (`config.PAPER_SHARED`)."
+    from qualiclip.config import PAPER_SHARED
+    p = _params(params); sec = p['paper'].get(name) or {}   # none: the notebook's own defaults
+    ev, models = p['evaluate'], p['evaluate']['models']
+    root = p['prepare']['root'].rstrip('/'); ours, start = _checkpoints(p)
+    shown = sec.get('models') or [sec.get('ours'), *(sec.get('competitors') or [])]
+    figure = name.startswith('F')   # figures name models by their short label, tables by their label
+    shared = {'eval_dir': ev['out'], 'device': p['device'], 'seed': p['seed'], 'weights': ours, 'clip_weights': start,
+              'clipiqa_weights': start, 'runs_dir': p['ablations_dir'], 'index_dir': p['prepare']['index'],
+              'workers': ev['workers'], 'datasets': p['datasets'], 'models': list(models),
+              'labels': {k: (m['short'] or m['label'] or k) if figure else (m['label'] or k) for k, m in models.items()
+                         if not figure or k in shown},
+              'dataset_root': f"{root}/{sec.get('dataset')}"}
+    return {**{k: shared[k] for k in PAPER_SHARED.get(name, [])}, **sec}
 
 # %% ../nbs/13_pipeline.ipynb #d5742db9
 def _executed_notebook(f:Path, # an existing file
@@ -657,7 +603,7 @@ def _json_mapping(f:Path, # a JSON file
     try: d = json.loads(f.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e: raise ValueError(f"{shown}: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}); {fix}") from None
     except UnicodeDecodeError: raise ValueError(f"{shown}: not a text file; {fix}") from None
-    if not isinstance(d, dict): raise ValueError(f"{shown} holds {_held(d)}, not a mapping of values; {fix}")
+    if not isinstance(d, dict): raise ValueError(f"{shown} holds {held(d)}, not a mapping of values; {fix}")
     return d
 
 _RUN_NUMBERS = ('step', 'val_srcc', 'best_step', 'best_val_srcc', 'train_time_s')   # metrics.json keys the summary prints
@@ -670,7 +616,7 @@ def _run_metrics(f:Path, # a training run's metrics.json
     for k in _RUN_NUMBERS:
         v = m.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise ValueError(f"{shown}: {k} is {_held(v)}, not a number; {writer} writes it: run it again, or move the file away.")
+            raise ValueError(f"{shown}: {k} is {held(v)}, not a number; {writer} writes it: run it again, or move the file away.")
     return m
 
 def _verdict(f:Path) -> str|None:
@@ -699,12 +645,15 @@ def _srcc_only(md:str, # a markdown table (header, rule, rows) followed by notes
 def summary(params:str|dict='params.yaml', # the profile
            ) -> tuple[str, list[str]]:
     "(a short readable report of the profile's results, the results that are missing)."
-    p = _params(params); lines, missing = [f"QualiCLIP-reproduced: profile {p.get('profile', '?')}", ''], []
-    t1 = ((p.get('paper') or {}).get('T1_opinion_unaware') or {}).get('out_md') or 'outputs/tables/T1_opinion_unaware.md'
+    from qualiclip.config import notebook_parameters
+    p = _params(params); lines, missing = [f"QualiCLIP-reproduced: profile {p['profile']}", ''], []
+    def paper_value(name, key):   # a paper notebook's setting: the profile's, else the notebook's default
+        return p['paper'].get(name, {}).get(key) or (notebook_parameters(name) or {}).get(key)
+    t1 = paper_value('T1_opinion_unaware', 'out_md') or 'outputs/tables/T1_opinion_unaware.md'
     f = resolve(t1)
     if f.is_file(): lines += [f"T1, opinion-unaware models ({t1}):", _srcc_only(f.read_text(errors='replace')), '']
     else: missing.append(f"the T1 table {t1}")
-    out = (p.get('train') or {}).get('out') or 'runs/train'; run = resolve(out)
+    out = p['train']['out']; run = resolve(out)
     m = _run_metrics(run/'metrics.json', f"{out}/metrics.json") if (run/'metrics.json').is_file() else None
     curve = _val_curve(run)
     if m is None and curve is None: missing.append(f"the training run's metrics {out}/metrics.json")
@@ -722,12 +671,12 @@ def summary(params:str|dict='params.yaml', # the profile
         lines.append('')
     cw = resolve('outputs/weights')/'comparison.json'
     if _verdict(cw): lines += [f"What training changed (outputs/weights, qualiclip compare-weights): {_verdict(cw)}", '']
-    for name in sorted((p.get('evaluate') or {}).get('released') or {}):   # the authors' checkpoint against the same starting weights
+    for name in sorted(p['compared']):   # e.g. the authors' checkpoint against the same starting weights
         rw = resolve(f'outputs/weights-{name}')/'comparison.json'
         if _verdict(rw): lines += [f"What the authors' training changed ({name} against the starting weights, outputs/weights-{name}): "
                                    f"{_verdict(rw)}", '']
-    figs = {v for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_png'}
-    dirs = {resolve(v) for sec in (p.get('paper') or {}).values() if isinstance(sec, dict) for k, v in sec.items() if k == 'out_dir'}
+    figs = {v for name in p['paper'] if (v := paper_value(name, 'out_png'))}
+    dirs = {resolve(v) for name in p['paper'] if (v := paper_value(name, 'out_dir'))}
     dirs.add(resolve('outputs/figures'))
     root = repo_root()
     def rel(x): return str(x.relative_to(root)) if x.is_relative_to(root) else str(x)
