@@ -6,7 +6,7 @@
 __all__ = ['CALIBRATION_FORMAT', 'is_monotone', 'fit_calibration', 'score_sample', 'percentile_of', 'training_rows', 'calibrate',
            'read_calibration', 'check_calibration', 'apply_calibration', 'calibrate_cmd', 'score_tta']
 
-# %% ../nbs/19_calibrate.ipynb #d3995ce9
+# %% ../nbs/19_calibrate.ipynb #d752535f
 import json, math, sys, warnings
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .datasets import DatasetError, get_spec, make_splits, sha256sum
 from .metrics import fit_logistic, logistic_map, plcc, srcc
 from .scoring import TTA_VARIANTS, get_scorer, score_files, set_precision
 
-# %% ../nbs/19_calibrate.ipynb #228dca3b
+# %% ../nbs/19_calibrate.ipynb #743f88e3
 CALIBRATION_FORMAT = 'qualiclip-calibration/1'   # the `format` of a map file
 
 def is_monotone(cal:dict, # a map (its `logistic` entry is used)
@@ -47,7 +47,7 @@ def fit_calibration(scores, # the model's scores of the training images
                          "use --params 4, which is monotone by construction.")
     return cal
 
-# %% ../nbs/19_calibrate.ipynb #d82f891d
+# %% ../nbs/19_calibrate.ipynb #f986f8d5
 def score_sample(scores, # the training images' scores
                  most:int=2001, # keep every score up to this many, else 1001 evenly spaced quantiles
                 ) -> list[float]:
@@ -66,7 +66,7 @@ def percentile_of(sample, # sorted scores (`score_sample`)
     p = p if higher_better else 100 - p
     return np.where(np.isfinite(s), p, np.nan)
 
-# %% ../nbs/19_calibrate.ipynb #800f72d3
+# %% ../nbs/19_calibrate.ipynb #afd8d554
 def training_rows(df:pd.DataFrame, # a dataset table (`load_dataset`, `read_index`)
                   dataset:str, # its name
                   split_seed:int=0, # seed of the random splits when the owners publish none
@@ -90,6 +90,7 @@ def calibrate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
               split_seed:int=0, # seed of the random splits when the owners publish none
               batch_size:int=16, # images per forward pass
               workers:int=0, # decoding processes
+              model:str|None=None, # the scorer's registered name (`--model`; None: the scorer's own name)
              ) -> dict:
     "Score a dataset, fit the map on its training split, judge it on the other images; the map as a dict (see `CALIBRATION_FORMAT`)."
     from qualiclip.evaluate import _load_table, score_rows
@@ -113,12 +114,12 @@ def calibrate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
                           'plcc_after': _corr(plcc, q * mapped[rows], m[rows], q), 'srcc': _corr(srcc, sp * s[rows], m[rows], q)}
     return {'format': CALIBRATION_FORMAT, 'dataset': dataset, 'dataset_title': spec.title,
             'mos_range': [float(v) for v in spec.score_range], 'mos_higher_better': bool(spec.higher_better),
-            'model': getattr(scorer, 'name', type(scorer).__name__), 'score_higher_better': hb,
+            'model': model or getattr(scorer, 'name', type(scorer).__name__), 'scorer': getattr(scorer, 'name', type(scorer).__name__), 'score_higher_better': hb,
             'weights': str(weights), 'weights_sha256': sha256sum(weights), **cal,
             'split': how, 'split_seed': int(split_seed), 'train': judge(train), 'heldout': judge(~train),
             'train_scores_sorted': score_sample(s[train])}
 
-# %% ../nbs/19_calibrate.ipynb #300fb52c
+# %% ../nbs/19_calibrate.ipynb #ebedb701
 def read_calibration(path:str|Path, # a map written by `qualiclip calibrate`
                     ) -> dict:
     "A calibration map, checked: its format and the entries `apply_calibration` needs; one clear error otherwise."
@@ -145,7 +146,7 @@ def check_calibration(cal:dict, # a map (`read_calibration`)
         raise ValueError(f"--calibration {path} was made with other weights ({cal.get('weights', '?')}, SHA-256 {cal['weights_sha256'][:16]}...) "
                          f"than {weights} (SHA-256 {sha[:16]}...); calibrate these weights with `qualiclip calibrate`, or score with the map's.")
     made = str(cal['model'])
-    if made.split('-')[0] != str(model).split('-')[0]:
+    if made != str(model):
         raise ValueError(f"--calibration {path} was made with --model {made}, not {model}; calibrate this model with `qualiclip calibrate --model {model}`.")
 
 def apply_calibration(cal:dict, # a map (`read_calibration`)
@@ -156,7 +157,7 @@ def apply_calibration(cal:dict, # a map (`read_calibration`)
     mos = np.clip(logistic_map(s, L['beta'], L['sign'], L['center']), *sorted(cal['mos_range']))
     return np.where(np.isfinite(s), mos, np.nan), percentile_of(cal['train_scores_sorted'], s, cal['score_higher_better'])
 
-# %% ../nbs/19_calibrate.ipynb #2181d0b8
+# %% ../nbs/19_calibrate.ipynb #9b52fa29
 @writes(inputs=('weights', 'root'), out='json')
 def calibrate_cmd(weights:str, # the checkpoint to calibrate (official layout), or 'released'; NIQE: its parameters file
                   dataset:str, # dataset name with human scores (e.g. demo, koniq10k, live)
@@ -180,16 +181,16 @@ def calibrate_cmd(weights:str, # the checkpoint to calibrate (official layout), 
         w = resolve_weights(weights)
         kw = {'niqe_params': w} if model == 'niqe' else {'weights': w}
         scorer = set_precision(get_scorer(model, backbone=backbone, device=device, **kw), precision)
-        cal = calibrate(dataset, root, scorer, w, params, split_seed, batch_size, workers)
+        cal = calibrate(dataset, root, scorer, w, params, split_seed, batch_size, workers, model)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"qualiclip calibrate: error: {e}", file=sys.stderr); return 2
     with atomic_path(out) as t: Path(t).write_text(json.dumps(cal, indent=1) + '\n')
     h, tr = cal['heldout'], cal['train']
-    print(f"{cal['model']} on {dataset}: {params}-parameter logistic fitted on {tr['n']} images ({cal['split']}); "
+    print(f"{model} on {dataset}: {params}-parameter logistic fitted on {tr['n']} images ({cal['split']}); "
           f"held-out PLCC {h['plcc_before']:.4f} -> {h['plcc_after']:.4f} on {h['n']} images (SRCC {h['srcc']:.4f}, unchanged by the map) -> {out}")
     return 0
 
-# %% ../nbs/19_calibrate.ipynb #0f43cc5f
+# %% ../nbs/19_calibrate.ipynb #0ed49a40
 def score_tta(paths, # image files, folders, globs or file lists (as `score_files`)
               scorer, # a scorer
               n:int=4, # variants: the image, its mirror image, then 90% crops (`TTA_VARIANTS`)
