@@ -12,8 +12,8 @@ import numpy as np
 from scipy import optimize, special, stats
 
 # %% auto #0
-__all__ = ['METRICS', 'check_pairs', 'srcc', 'krcc', 'plcc', 'logistic5', 'logistic4', 'fit_logistic', 'plcc_logistic',
-           'correlations', 'bootstrap_ci']
+__all__ = ['METRICS', 'check_pairs', 'srcc', 'krcc', 'plcc', 'logistic5', 'logistic4', 'logistic_map', 'fit_logistic',
+           'plcc_logistic', 'correlations', 'bootstrap_ci']
 
 # %% ../nbs/07_metrics.ipynb #3e678e69
 def _as_1d(x, name:str) -> np.ndarray:
@@ -88,6 +88,16 @@ def _jac4(x, b1, b2, b3, b4):
     return np.stack([s, 1 - s, -(b1 - b2) * ds / a, -(b1 - b2) * ds * (x - b3) / a**2 * np.sign(b4 or 1.0)], axis=1)
 
 # %% ../nbs/07_metrics.ipynb #4946ad68
+def logistic_map(q, # scores to map
+                 beta, # fitted parameters: 4 (`logistic4`) or 5 (`logistic5`), on standardised data
+                 sign:float, # +1 or -1: the direction of the relation the fit found
+                 center:tuple, # (score mean, score std, MOS mean, MOS std) of the data it was fitted on
+                ) -> np.ndarray:
+    "The mapping `fit_logistic` returns, from its stored parameters: standardise, apply the logistic, back to the MOS scale."
+    px, sx, my, sy = center
+    func = logistic5 if len(beta) == 5 else logistic4
+    return func(sign * (np.asarray(q, dtype=np.float64) - px) / sx, *beta) * sy + my
+
 def fit_logistic(pred, # predicted scores
                  mos,  # human scores
                  params:int=5, # 5 (Sheikh et al.) or 4 (VQEG) parameters
@@ -114,10 +124,9 @@ def fit_logistic(pred, # predicted scores
         sse = float(np.sum((func(x, *beta) - y) ** 2))
         if np.isfinite(sse) and sse < best_sse: best, best_sse = beta, sse
     if best is None: return None
-    def mapping(q):
-        q = s * (np.asarray(q, dtype=np.float64) - px) / sx
-        return func(q, *best) * sy + my
-    mapping.beta, mapping.sign, mapping.params = best, s, params
+    center = (float(px), float(sx), float(my), float(sy))
+    def mapping(q): return logistic_map(q, best, s, center)
+    mapping.beta, mapping.sign, mapping.params, mapping.center = best, s, params, center
     return mapping
 
 # %% ../nbs/07_metrics.ipynb #1bbac8be

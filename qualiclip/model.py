@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS',
-           'RELEASED_URL', 'RELEASED_SHA256', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
-           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'pil_rgb', 'as_images',
-           'read_official', 'infer_config', 'resolve_weights', 'prompt_features_gap', 'randomize_',
-           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint', 'QualiCLIPLoss']
+           'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'ASPECTS', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS',
+           'RELEASED_URL', 'RELEASED_SHA256', 'aspect_name', 'register_tiny_config', 'WeightsUnavailableError',
+           'create_clip', 'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP',
+           'pil_rgb', 'as_images', 'read_official', 'infer_config', 'resolve_weights', 'prompt_features_gap',
+           'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint',
+           'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
-import importlib.resources, json, logging, math, os, socket, tempfile, threading, zipfile
+import importlib.resources, json, logging, math, os, re, socket, tempfile, threading, zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,6 +39,16 @@ DEFAULT_BACKBONE = 'RN50-quickgelu'
 TINY_CONFIG = 'qualiclip-tiny'
 CONFIG_DIR = Path(str(importlib.resources.files('qualiclip') / 'configs'))   # open_clip configs shipped in the package
 TINY_CFG = json.loads((CONFIG_DIR / f'{TINY_CONFIG}.json').read_text())
+
+# %% ../nbs/03_model.ipynb #e288bc43
+def aspect_name(prompt:str, # a positive prompt, e.g. 'High-resolution image.'
+               ) -> str:
+    "Column name of a prompt pair: its positive prompt in snake case; a hyphenated adjective drops its noun ('High-resolution image.' -> 'high_resolution')."
+    words = re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", prompt.lower())
+    if len(words) == 2 and '-' in words[0] and words[1] in ('image', 'photo', 'picture'): words = words[:1]
+    return '_'.join(words).replace('-', '_')
+
+ASPECTS = tuple(aspect_name(pos) for pos, _ in PROMPTS)   # the 7 pair-probability columns, named after `PROMPTS` (one source)
 
 # %% ../nbs/03_model.ipynb #52e16109
 def register_tiny_config() -> str:

@@ -21,9 +21,9 @@ from .core import writes
 # %% auto #0
 __all__ = ['SHARD_RE', 'IMAGE_KEYS', 'META_KEY', 'local_only', 'shard_identity', 'part_identity', 'plan_parts', 'rank_and_world',
            'my_parts', 'rank_device', 'decode_image', 'shard_members', 'PartStream', 'part_path', 'read_part_meta',
-           'parts_folder', 'part_status', 'part_complete', 'job_settings', 'weights_id', 'model_id', 'write_part',
-           'score_parts', 'score_to_parts', 'write_plan', 'read_plan', 'merge_parts', 'merge_cmd', 'write_shards',
-           'load_row_image']
+           'parts_folder', 'part_status', 'part_complete', 'job_settings', 'weights_id', 'model_id', 'pair_columns',
+           'named_pairs', 'write_part', 'score_parts', 'score_to_parts', 'write_plan', 'read_plan', 'merge_parts',
+           'merge_cmd', 'write_shards', 'load_row_image']
 
 # %% ../nbs/15_shards.ipynb #af38898b
 SHARD_RE = re.compile(r'\.(tar|tgz|tar\.gz)(\?.*)?$', re.I)
@@ -347,6 +347,26 @@ def model_id(scorer, # a scorer
     return 'sha256:' + h[:16] if h else 'unknown'
 
 # %% ../nbs/15_shards.ipynb #7f811ddd
+def pair_columns(prompts, # the job's prompt pairs (`job_settings`), or None
+                 pairs:int, # number of probability columns
+                ) -> list[str]:
+    "Names of a part's probability columns: `qualiclip.model.ASPECTS` for the 7 pairs of `PROMPTS`, else p0, p1, ... (other prompt sets)."
+    from qualiclip.model import ASPECTS, PROMPTS
+    if pairs == len(PROMPTS) and [tuple(p) for p in prompts or []] == [tuple(p) for p in PROMPTS]: return list(ASPECTS)
+    return [f'p{j}' for j in range(pairs)]
+
+def named_pairs(table, # an Arrow table of a part (or a pandas DataFrame read from one)
+                prompts, # the job's prompt pairs (its plan's or part's record)
+               ):
+    "The table with an older part's p0..p6 renamed to `ASPECTS` when its prompts are the 7 pairs of `PROMPTS` (other tables as given)."
+    names = list(table.column_names if hasattr(table, 'column_names') else table.columns)
+    old = [f'p{j}' for j in range(len(prompts or []))]
+    new = pair_columns(prompts, len(old))
+    if not old or new == old or not set(old) <= set(names): return table
+    ren = dict(zip(old, new))
+    if hasattr(table, 'rename_columns'): return table.rename_columns([ren.get(n, n) for n in names])
+    return table.rename(columns=ren)
+
 def _part_table(rows:list[dict], # the part's rows (id, width, height, error, score, probs, emb)
                 part:dict, # the part
                 job:dict, # `job_settings`
@@ -360,7 +380,7 @@ def _part_table(rows:list[dict], # the part's rows (id, width, height, error, sc
     cols = {'id': pa.array([printable(r['id']) for r in rows], pa.string()),
             'shard': pa.array([part['input'] if part['kind'] == 'tar' else '' for r in rows], pa.string()),
             'score': pa.array([r['score'] for r in rows], pa.float64())}
-    for j in range(pairs): cols[f'p{j}'] = pa.array([nan if r['probs'] is None else float(r['probs'][j]) for r in rows], pa.float32())
+    for j, c in enumerate(pair_columns(job['prompts'], pairs)): cols[c] = pa.array([nan if r['probs'] is None else float(r['probs'][j]) for r in rows], pa.float32())
     cols['width'] = pa.array([r['width'] for r in rows], pa.int32()); cols['height'] = pa.array([r['height'] for r in rows], pa.int32())
     cols['error'] = pa.array([printable(r['error']) for r in rows], pa.string())
     cols['model'] = pa.array([job['model']] * len(rows), pa.string()); cols['weights'] = pa.array([job['weights']] * len(rows), pa.string())
@@ -585,7 +605,7 @@ def merge_parts(out:str|Path, # the folder of a job's plan.json and part-*.parqu
     with atomic_path(table) as t:
         try:
             for p in todo:
-                pt = pq.read_table(part_path(out, p)).replace_schema_metadata(None)
+                pt = named_pairs(pq.read_table(part_path(out, p)).replace_schema_metadata(None), plan.get('prompts'))   # parts of earlier versions: p0..p6
                 if writer is None: writer = pq.ParquetWriter(t, pt.schema.with_metadata({META_KEY: json.dumps(settings)}))
                 writer.write_table(pt)
                 nf = sum(map(bool, pt.column('error').to_pylist()))

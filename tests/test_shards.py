@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from qualiclip.model import ASPECTS
 from PIL import Image
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -50,7 +51,7 @@ def _merged(out: Path) -> pd.DataFrame:
 
 def _same(a: pd.DataFrame, b: pd.DataFrame):
     "The same rows in the same order; scores equal within float rounding of other batch compositions."
-    num = ['score'] + [f'p{j}' for j in range(7)]
+    num = ['score', *ASPECTS]
     pd.testing.assert_frame_equal(a.drop(columns=num), b.drop(columns=num))
     np.testing.assert_allclose(a[num].fillna(-1).to_numpy(), b[num].fillna(-1).to_numpy(), atol=1e-5)
 
