@@ -180,7 +180,7 @@ OUTPUT_KINDS = {   # what a command writes -> (suffixes an existing text file mu
     'csv': ({'.csv', '.tsv', '.txt'}, {'text'}), 'json': ({'.json'}, {'text'}), 'markdown': ({'.md', '.markdown'}, {'text'}),
     'yaml': ({'.yaml', '.yml'}, {'text'}), 'text': ({'.txt', '.log'}, {'text'}),
     'image': (None, {'image'}), 'checkpoint': (None, {'zip', 'pickle'}), 'parquet': (None, {'parquet'}),
-    'tar': (None, {'tar'}), 'zip': (None, {'zip'}), 'folder': (None, set()), 'run': (None, set()),
+    'tar': (None, {'tar'}), 'zip': (None, {'zip'}), 'onnx': ({'.onnx'}, {'binary', 'text'}), 'folder': (None, set()), 'run': (None, set()),
 }
 
 # %% ../nbs/00_core.ipynb #755c5bb7
