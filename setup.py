@@ -28,9 +28,9 @@ def merged(*lists):
     return list(dict.fromkeys(r for l in lists for r in l))
 
 
-train, explore, shards = reqs("train_requirements"), reqs("explore_requirements"), reqs("shards_requirements")
-docs = merged(reqs("docs_requirements"), train, explore, shards)   # the API pages import every module
-extras = {"train": train, "explore": explore, "shards": shards, "docs": docs,
+train, explore, shards, onnx = reqs("train_requirements"), reqs("explore_requirements"), reqs("shards_requirements"), reqs("onnx_requirements")
+docs = merged(reqs("docs_requirements"), train, explore, shards, onnx)   # the API pages import every module
+extras = {"train": train, "explore": explore, "shards": shards, "onnx": onnx, "docs": docs,
           "dev": merged(docs, reqs("dev_requirements"))}
 scripts = [s.strip() for s in cfg.get("console_scripts", "").split("\n") if s.strip()]
 readme = here / "README.md"

@@ -70,13 +70,14 @@ class Metric(nn.Module):
 def create_metric(name:str='qualiclip', # a registered scorer: 'qualiclip', 'qualiclip+', 'clipiqa', 'niqe', ... (`list_models()`)
                   weights:str|None=None, # 'released' (the authors' checkpoint, fetched once, SHA-256 checked) or a checkpoint file
                   device:str='auto', # 'auto', 'cpu', 'cuda', 'cuda:N'
-                  precision:str='auto', # image tower: 'auto' (CUDA bf16, CPU fp32), 'fp32', 'bf16', 'fp16'
+                  precision:str='auto', # image tower: 'auto' (CUDA bf16, CPU fp32), 'fp32', 'bf16', 'fp16'; 'int8' (ONNX Runtime), 'fast' (the fastest CPU path within 1e-2 of fp32)
+                  backend:str='auto', # 'torch', 'onnx' (ONNX Runtime on the CPU: weights='model.onnx', or a checkpoint exported once), 'auto'
                   as_loss:bool=False, # differentiable scores (fp32, gradients reach the images); CLIP-based scorers only
                   **kw, # the scorer's own options: niqe_params=, prompts=, pretrained=, backbone=, temperature=, ...
                  ) -> Metric:
     "A registered scorer as an `nn.Module` taking tensors, image files or PIL images (pyiqa's `create_metric`)."
-    from qualiclip.scoring import SCORER_INFO, get_scorer, set_precision
-    scorer = set_precision(get_scorer(name, weights=weights, device=device, **kw), precision)
+    from qualiclip.scoring import SCORER_INFO, build_scorer
+    scorer = build_scorer(name, weights=weights, backend=backend, precision=precision, device=device, **kw)
     info = SCORER_INFO.get(name, {})
     lower = info.get('lower_better', not getattr(scorer, 'higher_better', True))
     return Metric(scorer, name, as_loss=as_loss, lower_better=lower, score_range=info.get('score_range', (-math.inf, math.inf)))

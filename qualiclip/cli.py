@@ -17,6 +17,7 @@ COMMANDS = {
     'score': 'qualiclip.scoring:score_cmd',
     'merge': 'qualiclip.shards:merge_cmd',
     'models': 'qualiclip.api:models_cmd',
+    'export': 'qualiclip.onnx:export_cmd',
     'bench score': 'qualiclip.scoring:bench_score_cmd',
     'bench cpu-score': 'qualiclip.scoring:bench_cpu_cmd',
     'bench models': 'qualiclip.evaluate:bench_models_cmd',
@@ -58,7 +59,7 @@ def resolve_command(spec:str, # 'module:function'
 
 # %% ../nbs/11_cli.ipynb #c0d6a7e1
 COMMAND_GROUPS = {   # heading -> (what the commands are for, their names); every name of COMMANDS appears once
-    'score': ('score images', ['score', 'merge', 'models']),
+    'score': ('score images', ['score', 'merge', 'models', 'export']),
     'train': ('train the image tower, the prompts, the ablations', ['train', 'fit-prompts', 'init', 'ablate', 'plot-run', 'level-order']),
     'evaluate': ('measure models against human scores, inspect them', ['evaluate', 'evaluate-all', 'calibrate', 'compare-weights', 'explore']),
     'data': ('inputs, datasets and degraded images', ['profile', 'check', 'standin', 'prepare', 'unpack', 'index', 'index-pool', 'pristine', 'distort']),
@@ -71,7 +72,8 @@ SUMMARIES = {   # command -> the first line of its function's docstring (a test 
     'merge': 'Join the Parquet parts of a `qualiclip score --out DIR/` job into one table, checking none is missing.',
     'models': 'List the scorers `qualiclip score --model` and `create_metric` take: what each needs and which way is better.',
     'bench score': 'Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line.',
-    'bench cpu-score': 'Seconds and images/s of whole `qualiclip score --device cpu` processes (per precision) against the one-image-at-a-time path.',
+    'export': 'Export a QualiCLIP checkpoint to one ONNX graph (uint8 RGB pixels -> scores, any batch and size) for ONNX Runtime.',
+    'bench cpu-score': 'Seconds and images/s of whole `qualiclip score --device cpu` processes (torch per precision, ONNX Runtime fp32/int8) against the one-image-at-a-time path.',
     'bench models': "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line.",
     'distort': 'Distort one image with one type at one level and save it.',
     'distortion-grid': 'Save the 24 x 5 grid of one image under every type and level.',
@@ -184,6 +186,9 @@ def scorer_names() -> tuple[str, ...]:
 
 CHOICES = {   # option -> closed set of values (or a function giving them) for every command that has it; 'command:option' for one command, None: open
     'precision': PRECISIONS,
+    'score:precision': (*PRECISIONS, 'int8', 'fast'),
+    'backend': ('auto', 'torch', 'onnx'),
+    'quantize': ('int8',),
     'model': scorer_names,
     'evaluate-all:model': None,                  # ours, clipiqa, niqe or a released model's name
     'target': ('score', 'pos', 'neg'),

@@ -185,7 +185,7 @@ OUTPUT_KINDS = {   # what a command writes -> (suffixes an existing text file mu
     'csv': ({'.csv', '.tsv', '.txt'}, {'text'}), 'json': ({'.json'}, {'text'}), 'markdown': ({'.md', '.markdown'}, {'text'}),
     'yaml': ({'.yaml', '.yml'}, {'text'}), 'text': ({'.txt', '.log'}, {'text'}),
     'image': (None, {'image'}), 'checkpoint': (None, {'zip', 'pickle'}), 'parquet': (None, {'parquet'}),
-    'tar': (None, {'tar'}), 'zip': (None, {'zip'}), 'folder': (None, set()), 'run': (None, set()),
+    'tar': (None, {'tar'}), 'zip': (None, {'zip'}), 'onnx': ({'.onnx'}, {'binary', 'text'}), 'folder': (None, set()), 'run': (None, set()),
 }
 
 # %% ../nbs/00_core.ipynb #755c5bb7
@@ -497,7 +497,7 @@ def list_images(paths:list|str|Path, # files, folders or glob patterns
                                         + ' '.join(bad[:3]))
     return res
 
-# %% ../nbs/00_core.ipynb #8e014374
+# %% ../nbs/00_core.ipynb #ebfd2df9
 def pool_archive_members(names:list, # member names of the archive
                         ) -> dict:
     "Member name -> path under the pool folder, for the images under a `ref_imgs/` folder (everything else is skipped)."
@@ -531,7 +531,7 @@ def read_member(name:str, # `<archive>::<member>`, as `zip_images` lists it
     if key not in _ZIPS: _ZIPS[key] = zipfile.ZipFile(arc)
     return _ZIPS[key].read(member)
 
-# %% ../nbs/00_core.ipynb #fcde8b3e
+# %% ../nbs/00_core.ipynb #29b36f50
 _CO_OPTIMIZED = 0x1   # code flag of functions (not of module or class bodies, which run when a module is imported)
 
 def start_trace(folder:str|Path, # where each process appends `<command>\t<module file>` lines (`<pid>.tsv`)
