@@ -21,12 +21,11 @@ $(STAMP): settings.ini setup.py pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: regenerate every table and figure of the active profile (params.yaml; the demo by default).
-# `qualiclip check` first: a missing input gives one readable list (what to do for each), not a DVC error.
-# `qualiclip unpack` unpacks the training pool's archive once when only the archive is there (paper profile).
+# The main job: regenerate every table and figure of the active profile (params.yaml, written by `qualiclip profile NAME`;
+# the demo by default). `qualiclip check` first: a missing input gives one readable list (what to do for each), not a
+# DVC error. Then plain `dvc repro`, which needs nothing else (the paper's KADIS-700k archive is read in place).
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip check --params params.yaml
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip unpack --params params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/qualiclip summary --params params.yaml
 

@@ -97,7 +97,7 @@ class ProfileKeys:
     extends:str|None = None # overlays only: the profile this one changes (resolved away in params.yaml)
     seed:int = 0 # seed of the starting weights, training, stand-ins and bootstrap intervals
     device:str = 'cpu' # 'cpu', 'cuda', 'cuda:N' or 'auto': every stage's device
-    datasets:list[str] = field(default_factory=lambda: ['demo']) # the experiment's datasets: indexed, evaluated by every model, rows of T1
+    datasets:list[str] = field(default_factory=list) # the experiment's datasets: indexed, evaluated by every model, rows of T1 (the demo: [demo])
     pristine:PristineKeys = field(default_factory=PristineKeys) # the demo photos
     model:ModelKeys = field(default_factory=ModelKeys) # the starting point of training, and CLIP-IQA's weights
     prepare:PrepareKeys = field(default_factory=PrepareKeys) # where datasets and their indexes live
@@ -151,7 +151,7 @@ def conform(v, # a value from a params file or the command line
            ):
     "The value in its declared type (numbers from text, defaults filled in entries); one `ValueError` naming the key otherwise."
     a = anno.replace(' ', ''); opt = '|None' in a or 'None|' in a; base = a.replace('|None', '').replace('None|', '')
-    def bad(): return ValueError(f"{key} is {held(v)}; it must be {_want(base)}. Fix it in the profile (params/*.yaml), then `qualiclip profile NAME`.")
+    def bad(): return ValueError(f"{key} is {held(v)}; it must be {_want(base)}. Fix it in the params file (or in the overlay in params/ it was made from, then `qualiclip profile NAME`).")
     if v is None:
         if opt: return None
         raise bad()
@@ -198,7 +198,7 @@ def section(v:dict, # a section as the profile gives it
     pre = f"{where}." if where else ''
     unknown = [k for k in v if k not in keys]
     if unknown: raise ValueError(f"{pre}{unknown[0]} is not a key of {where or 'a profile'}; the keys are: {', '.join(keys)}. "
-                                 "Fix it in the profile (params/*.yaml).")
+                                 "Fix it in the params file (or in the overlay in params/ it was made from).")
     out = {}
     for k, (anno, dflt, _) in keys.items():
         if k in v: out[k] = conform(v[k], anno, pre + k)

@@ -105,10 +105,10 @@ def _file_key(path) -> tuple:
     if not p.exists(): raise FileNotFoundError(f"{p}: no such file; give an existing checkpoint (official layout) or NIQE parameters.")
     return str(p.resolve()), p.stat().st_mtime_ns
 
-def load_scorer(name:str, # scorer name of `qualiclip.scoring.get_scorer`: 'qualiclip', 'clipiqa' or 'niqe'
+def load_scorer(name:str, # a registered scorer (`qualiclip.scoring.SCORERS`): 'qualiclip', 'clipiqa', 'niqe', ...
                 path:str, # its weights (a checkpoint in the official layout) or, for NIQE, its parameters file or pristine folder
                 device:str='cpu', # 'cpu', 'cuda', 'auto'
-                precision:str='auto', # CLIP image tower: 'auto' (CPU: fp32, as `qualiclip score`), 'fp32', 'bf16', 'fp16'
+                precision:str='auto', # CLIP image tower: 'auto' (CPU: fp32, as `qualiclip score`), 'fp32', 'bf16', 'fp16' (ignored where the spec has none)
                ):
     "A scorer, built once per (name, file, modification time, device, precision)."
     from qualiclip.scoring import make_scorer, scorer_spec
@@ -147,19 +147,18 @@ def pair_probs(model, # a `QualiCLIP` model
 # %% ../nbs/16_explore.ipynb #577baa40
 def default_paths(params:str|Path|None=None, # parameters file (default: the repository's params.yaml)
                  ) -> dict:
-    "{'checkpoints', 'clipiqa', 'niqe'}: the pipeline's trained checkpoint(s), starting weights and NIQE source, where they exist."
-    out = {'checkpoints': [], 'clipiqa': None, 'niqe': None}
-    try:
-        root = repo_root(); p = load_params(params or root/'params.yaml')
+    "{'checkpoints', 'baselines'}: the profile's QualiCLIP checkpoints, and its other models ({name: {scorer, weights, label}}), where their files exist."
+    from qualiclip.config import load_profile
+    from qualiclip.scoring import scorer_spec
+    out = {'checkpoints': [], 'baselines': {}}
+    try: root = repo_root(); p = load_profile(params or root/'params.yaml')
     except (FileNotFoundError, ValueError): return out
-    at = lambda s: (root/s) if s and not Path(s).is_absolute() else Path(s or '.')
-    ours = at(p.get('train', {}).get('out', 'runs/demo'))/'qualiclip.pth'
-    rel = list((p.get('evaluate', {}).get('released') or {}).values())
-    out['checkpoints'] = [str(c) for c in [ours, *map(at, rel)] if c.is_file()]
-    init = at(p.get('model', {}).get('init_dir', 'runs/init'))/'qualiclip.pth'
-    out['clipiqa'] = str(init) if init.is_file() else None
-    niqe = p.get('evaluate', {}).get('niqe_params')
-    out['niqe'] = str(at(niqe)) if niqe and at(niqe).exists() else None
+    at = lambda s: (root/s) if not Path(s).is_absolute() else Path(s)
+    for name, m in p['evaluate']['models'].items():   # checkpoints with gradCAM and pair probabilities; the others as scores
+        w = at(m['weights'])
+        if not w.exists(): continue
+        if scorer_spec(m['scorer']).get('onnx'): out['checkpoints'].append(str(w))
+        else: out['baselines'][name] = {'scorer': m['scorer'], 'weights': str(w), 'label': m['short'] or m['label'] or name}
     return out
 
 # %% ../nbs/16_explore.ipynb #05167270
@@ -168,11 +167,10 @@ def _digest(x:torch.Tensor) -> str:
     return hashlib.sha1(x.mul(255).round().to(torch.uint8).cpu().numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()
 
 class Explorer:
-    "Scores, prompt-pair probabilities and gradCAM maps of a degraded photo for one or two checkpoints, with caches."
+    "Scores, prompt-pair probabilities and gradCAM maps of a degraded photo for one or two checkpoints, other models' scores, with caches."
     def __init__(self,
                  checkpoints:list, # checkpoint files (official layout) to compare, one or two (ours, the released one, ...)
-                 clipiqa:str|None=None, # CLIP weights for CLIP-IQA: a checkpoint in the official layout (None: left out)
-                 niqe:str|None=None, # NIQE parameters file or a folder of pristine photos (None: left out)
+                 baselines:dict|None=None, # other models shown by their score: {name: {'scorer', 'weights', 'label'}} (a profile's evaluate.models rows)
                  size:int=384, # shorter side of the photo in pixels
                  seed:int=0, # seed of the distortions' random draws
                  gradcam:bool=True, # compute the gradCAM maps
@@ -186,7 +184,8 @@ class Explorer:
         if isinstance(checkpoints, (str, Path)): checkpoints = [checkpoints]
         if not checkpoints: raise ValueError("No checkpoint given: pass one or two QualiCLIP checkpoints (official layout), e.g. runs/demo/qualiclip.pth.")
         self.checkpoints = [str(c) for c in checkpoints]
-        self.clipiqa, self.niqe, self.size, self.seed, self.gradcam, self.device = clipiqa, niqe, size, seed, gradcam, device
+        self.baselines = {k: {'label': k, **b} for k, b in (baselines or {}).items()}
+        self.size, self.seed, self.gradcam, self.device = size, seed, gradcam, device
         self.precision, self.max_pixels = precision, max_pixels
         self.max_cached, self.threads, self.stats = max_cached, threads, {'images': 0, 'outputs': 0, 'hits': 0}
         self._images, self._outputs, self._sources = OrderedDict(), OrderedDict(), OrderedDict()
@@ -209,26 +208,25 @@ class Explorer:
                                              self.size, type if level else '', int(level), self.seed), make)
 
     def outputs(self, x:torch.Tensor, which:str, path:str|None=None) -> dict:
-        "What one model says about one image ('qualiclip' with `path`, 'clipiqa' or 'niqe'), computed once per (image, model)."
-        path = str(path or (self.clipiqa if which == 'clipiqa' else self.niqe))
+        "What one model says about one image ('qualiclip' with `path`, or a baseline's name), computed once per (image, model)."
+        scorer, path = ('qualiclip', str(path)) if which == 'qualiclip' else (self.baselines[which]['scorer'], str(self.baselines[which]['weights']))
         cam = self.gradcam and which == 'qualiclip'
         def make():
             self.stats['outputs'] += 1
-            s = load_scorer(which, path, self.device, 'auto' if which == 'niqe' else self.precision)
+            s = load_scorer(scorer, path, self.device, self.precision)
             if which == 'qualiclip': return pair_probs(s, x, gradcam=cam and hasattr(s.visual, 'layer4'))
             return {'score': float(s.score_batch(x[None])[0])}
         return self._remember(self._outputs, (_digest(x), which, *_file_key(path), cam, self.precision), make)
 
     def compute(self, src, type:str, level:int, checkpoints:list|None=None) -> dict:
-        "The degraded image and every model's outputs for it: {'image', 'qualiclip': {path: outputs}, 'clipiqa', 'niqe', 'seconds'}."
+        "The degraded image and every model's outputs for it: {'image', 'qualiclip': {path: outputs}, 'baselines': {name: score}, 'seconds'}."
         t0, before = time.perf_counter(), torch.get_num_threads()
         if self.threads: torch.set_num_threads(self.threads)
         try:
             x = self.image(src, type, level)
             res = {'image': x, 'source': src, 'type': type, 'level': int(level),
                    'qualiclip': {c: self.outputs(x, 'qualiclip', c) for c in (checkpoints or self.checkpoints)}}
-            res['clipiqa'] = self.outputs(x, 'clipiqa')['score'] if self.clipiqa else None
-            res['niqe'] = self.outputs(x, 'niqe')['score'] if self.niqe else None
+            res['baselines'], res['shown'] = {k: self.outputs(x, k)['score'] for k in self.baselines}, self.baselines
         finally: torch.set_num_threads(before)
         res['seconds'] = time.perf_counter() - t0
         return res
@@ -239,14 +237,18 @@ def _label(path:str, paths:list) -> str:
     p = Path(path); names = [Path(q).name for q in paths]
     return f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name
 
+def _baseline_rows(res:dict) -> list:
+    "(label, score, lower is better) of each baseline model of a result."
+    from qualiclip.scoring import scorer_spec
+    return [(b['label'], res['baselines'][k], scorer_spec(b['scorer'])['lower_better']) for k, b in res.get('shown', {}).items()]
+
 def _row(axs, res:dict, checkpoints:list, title:bool=True):
     "Draw one result on a row of axes: image, one gradCAM map per checkpoint, the pair probabilities."
     from qualiclip.gradcam import overlay
     x = res['image']; lv = res['level']
     head = f"{res['type']} level {lv}" if lv else 'pristine (level 0)'
     sc = [f"{_label(c, checkpoints)} {res['qualiclip'][c]['score']:.4f}" for c in checkpoints]
-    if res.get('clipiqa') is not None: sc.append(f"CLIP-IQA {res['clipiqa']:.4f}")
-    if res.get('niqe') is not None: sc.append(f"NIQE {res['niqe']:.2f}")
+    sc += [f"{lab} {v:.4f}" for lab, v, _ in _baseline_rows(res)]
     axs[0].imshow(x.permute(1, 2, 0).cpu().numpy()); axs[0].set_title(head + '\n' + '\n'.join(sc), fontsize=8)
     for ax, c in zip(axs[1:-1], checkpoints):
         cam = res['qualiclip'][c].get('cam')
@@ -279,8 +281,8 @@ def _html_scores(res:dict, checkpoints:list) -> str:
     "The scores as a small HTML table (the widget's text output)."
     rows = [(f"QualiCLIP ({_label(c, checkpoints)})", f"{res['qualiclip'][c]['score']:.4f}", f"qc-score qc-score-{i}")
             for i, c in enumerate(checkpoints)]
-    if res.get('clipiqa') is not None: rows.append(('CLIP-IQA', f"{res['clipiqa']:.4f}", 'qc-clipiqa'))
-    if res.get('niqe') is not None: rows.append(('NIQE (lower is better)', f"{res['niqe']:.3f}", 'qc-niqe'))
+    rows += [(lab + (' (lower is better)' if low else ''), f"{v:.4f}", f"qc-{k}")
+             for k, (lab, v, low) in zip(res.get('shown', {}), _baseline_rows(res))]
     what = f"{res['type']} level {res['level']}" if res['level'] else 'pristine'
     body = f"<tr><td>picture</td><td class='qc-what'>{what}</td></tr>"
     body += ''.join(f"<tr><td>{n}</td><td><b class='{c}'>{v}</b></td></tr>" for n, v, c in rows)
@@ -377,8 +379,8 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
                 levels:str='0-5', # levels, one row each: a range (0-5) or a list (0,2,4); 0 is the pristine picture
                 out:str='explore.png', # PNG to write
                 weights:list[str]|None=None, # one or two QualiCLIP checkpoints (official layout); default: the pipeline's trained one
-                clipiqa_weights:str|None=None, # CLIP weights for CLIP-IQA (official layout); default: the pipeline's starting weights, if there
-                niqe_params:str|None=None, # NIQE parameters or a folder of pristine photos; default: params.yaml's evaluate.niqe_params, if there
+                clipiqa_weights:str|None=None, # CLIP weights for CLIP-IQA (official layout); default: the profile's models, where their files exist
+                niqe_params:str|None=None, # NIQE parameters or a folder of pristine photos; default: the profile's models, where their files exist
                 size:int=384, # shorter side of the picture in pixels
                 seed:int=0, # seed of the distortions
                 gradcam:bool=True, # draw the gradCAM maps
@@ -400,7 +402,8 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
     cks = weights or d['checkpoints'][:1]
     if not cks: raise ValueError("No checkpoint: pass --weights FILE (a QualiCLIP checkpoint in the official layout), or train one with `make repro`.")
     if len(cks) > 2: raise ValueError(f"--weights: at most two checkpoints to compare, got {len(cks)}.")
-    ex = Explorer(cks, clipiqa=clipiqa_weights or d['clipiqa'], niqe=niqe_params or d['niqe'], size=size, seed=seed,
+    given = {k: {'scorer': k, 'weights': w, 'label': lab} for k, w, lab in (('clipiqa', clipiqa_weights, 'CLIP-IQA'), ('niqe', niqe_params, 'NIQE')) if w}
+    ex = Explorer(cks, baselines=given or d['baselines'], size=size, seed=seed,
                   gradcam=gradcam, device=device, threads=threads or None, precision=precision, max_pixels=max_pixels or None)
     ex.source(image)   # the picture read (its size checked from the header first) before any model is loaded
     from tqdm.auto import tqdm
@@ -410,7 +413,7 @@ def explore_cmd(image:str, # image file, or the name of a demo photo (astronaut,
     plt.close(fig)
     for r in res:
         print(f"level {r['level']}: " + ', '.join([f"{_label(c, ex.checkpoints)} {r['qualiclip'][c]['score']:.4f}" for c in ex.checkpoints]
-              + ([f"CLIP-IQA {r['clipiqa']:.4f}"] if r['clipiqa'] is not None else []) + ([f"NIQE {r['niqe']:.3f}"] if r['niqe'] is not None else [])))
+              + [f"{lab} {v:.4f}" for lab, v, _ in _baseline_rows(r)]))
     print(out); return 0
 
 # %% ../nbs/16_explore.ipynb #261c531b
@@ -448,7 +451,7 @@ def bench_explore_cmd(levels:str='1-5', # levels visited (each a new update)
     for name, cfg, size in cases:
         cks = [str(random_official_checkpoint(tmp/f'{name}-{i}.pth', cfg, seed=i)) for i in range(checkpoints)]
         for cam in (False, True):
-            ex = Explorer(cks, clipiqa=cks[0], niqe=str(pristine), size=size, gradcam=cam, threads=threads or None, precision=precision)
+            ex = Explorer(cks, baselines={'clipiqa': {'scorer': 'clipiqa', 'weights': cks[0]}, 'niqe': {'scorer': 'niqe', 'weights': str(pristine)}}, size=size, gradcam=cam, threads=threads or None, precision=precision)
             r = time_update(ex, levels=lv)
             print(json.dumps({'model': name, 'size': size, 'checkpoints': checkpoints, 'gradcam': cam, 'threads': threads or torch.get_num_threads(), 'precision': precision,
                               **{k: round(v, 3) for k, v in r.items()}}), flush=True)

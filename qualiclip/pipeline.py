@@ -19,10 +19,11 @@ from .train import train_config   # a profile's training settings: `qualiclip.tr
 from .core import OutputError, check_output, file_kind, output_folder, writes
 
 # %% auto #0
-__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'Input', 'profile_inputs', 'check_cmd', 'unpack_pool', 'unpack_cmd',
+__all__ = ['NIQE_RELEASE', 'RELEASED_PAGE', 'SHELL_MODULES', 'Input', 'profile_inputs', 'check_cmd', 'unpack_pool', 'unpack_cmd',
            'standin_openai_weights', 'standin_pool_archive', 'standin_niqe_params', 'standin_cmd', 'index_cmd',
            'index_pool', 'index_pool_cmd', 'pristine_cmd', 'init_weights', 'init_cmd', 'ablate_cmd', 'evaluate_models',
-           'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd']
+           'evaluate_all_cmd', 'paper_params', 'paper_cmd', 'summary', 'summary_cmd', 'traced_modules',
+           'missing_stage_deps']
 
 # %% ../nbs/13_pipeline.ipynb #07db67fe
 def _params(params:str|dict) -> dict:
@@ -695,3 +696,30 @@ def summary_cmd(params:str='params.yaml', # the profile
     "Print the T1 table, the training run's best and final validation SRCC and where the figures are; exit 1 if some are missing."
     text, missing = summary(params)
     print(text); return 1 if missing else 0
+
+# %% ../nbs/13_pipeline.ipynb #b19bd230
+SHELL_MODULES = {'cli.py', '__init__.py', '_modidx.py'}   # the command line and package shell: every stage runs them, none depends on them
+
+def traced_modules(folder:str|Path, # the QUALICLIP_TRACE folder (one `<pid>.tsv` per process)
+                  ) -> dict:
+    "Command (a tuple of its words) -> the qualiclip module files whose functions ran under it."
+    import shlex
+    out = {}
+    for f in sorted(Path(folder).glob('*.tsv')):
+        for line in f.read_text(encoding='utf-8').splitlines():
+            cmd, _, mod = line.rpartition('\t')
+            if cmd: out.setdefault(tuple(shlex.split(cmd)), set()).add(mod)
+    return out
+
+def missing_stage_deps(lock:dict, # dvc.lock, loaded: stages -> {cmd, deps}
+                       traced:dict, # `traced_modules`
+                      ) -> tuple[dict, list]:
+    "({stage: modules that ran under its command but are not its dependencies}, [stages whose command left no record])."
+    import shlex
+    missing, untraced = {}, []
+    for name, st in (lock.get('stages') or {}).items():
+        ran = traced.get(tuple(shlex.split(st['cmd'])))
+        if ran is None: untraced.append(name); continue
+        deps = {PurePosixPath(d['path']).name for d in st.get('deps', []) if d['path'].startswith('qualiclip/')}
+        if miss := sorted(ran - deps - SHELL_MODULES): missing[name] = miss
+    return missing, untraced

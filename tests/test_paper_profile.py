@@ -27,7 +27,10 @@ def scratch_repo(d: Path, params: str = "params.yaml", lock: bool = False) -> Pa
     "A git+DVC repository with the project's pipeline, library and notebooks (no data, no runs)."
     for f in ("dvc.yaml", "settings.ini", "data.dvc") + (("dvc.lock",) if lock else ()):
         shutil.copy(ROOT / f, d / f)
-    shutil.copy(ROOT / params, d / "params.yaml")
+    if params == "params.yaml": shutil.copy(ROOT / params, d / "params.yaml")
+    else:   # an overlay: resolved as `qualiclip profile NAME` does
+        from qualiclip.config import profile_cmd
+        assert profile_cmd(str(ROOT / params), out=str(d / "params.yaml")) == 0
     shutil.copytree(ROOT / "qualiclip", d / "qualiclip", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "nbs" / "paper", d / "nbs" / "paper")
     env = env_for(d)
@@ -95,7 +98,7 @@ def test_code_edits_rerun_what_they_affect(tmp_path):
     rc, out = run([DVC, "dag", "--dot", "table_ablations"], repo)
     assert '"ablate@full" -> "table_ablations"' in out
     rc, out = run([DVC, "dag", "--dot", "table_opinion_unaware"], repo)
-    assert '"train" -> "evaluate_ours"' in out and '"evaluate_ours" -> "table_opinion_unaware"' in out, out
+    assert '"train" -> "evaluate@ours"' in out and '"evaluate@ours" -> "table_opinion_unaware"' in out, out
 
 
 def test_changed_training_setting_starts_a_new_run(tmp_path):
@@ -144,10 +147,11 @@ def test_check_names_every_missing_input_of_the_paper_profile(tmp_path):
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
-    p = yaml.safe_load((ROOT / "params" / "paper.yaml").read_text())
-    for d in p["prepare"]["datasets"]: assert f"[MISSING] data/datasets/{d} " in out, d
-    for f in ("data/kadis700k/ref_imgs", "data/weights/RN50.pt", "data/niqe/modelparameters.mat", "data/released/qualiclip.pth"):
+    from qualiclip.config import load_profile
+    p = load_profile("paper")
+    for d in p["datasets"]: assert f"[MISSING] data/datasets/{d} " in out, d
+    for f in ("data/downloads/kadis700k.zip", "data/weights/RN50.pt", "data/niqe/modelparameters.mat", "data/released/qualiclip.pth"):
         assert f"[MISSING] {f} " in out, f
-    assert out.count("to do: ") == len(p["prepare"]["datasets"]) + 4
+    assert out.count("to do: ") == len(p["datasets"]) + 4
     assert "qualiclip prepare koniq10k data/datasets/koniq10k --download" in out and "niqe_release.zip" in out
     assert "14 input(s) from you, 14 missing" in out

@@ -15,10 +15,19 @@ BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc"
 ENV = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 PAPER_NBS = sorted((ROOT / "nbs" / "paper").glob("*.ipynb"))
-OPEN_KEYS = {"ablations", "roots", "labels", "start", "released", "pools", "fit"}  # dicts whose keys are data (names), not settings
+OPEN_KEYS = {"ablations", "roots", "labels", "start", "models", "compared", "pools", "fit", "paper"}  # dicts whose keys are data (names), not settings
 
 
 def load(p): return yaml.safe_load((ROOT / p).read_text())
+
+
+def prof(name):
+    "A profile resolved from its overlays (params/<name>.yaml), every key checked and defaulted."
+    from qualiclip.config import load_profile
+    return load_profile(name)
+
+
+PROFILES = ("demo", "paper", "paper-smoke", "paper-smoke-gpu")
 
 
 def keys(d, prefix=""):
@@ -46,31 +55,29 @@ def stage_list(repo: Path) -> list:
 
 
 def test_profiles_have_same_keys():
-    demo, paper = load("params.yaml"), load("params/paper.yaml")
+    demo, paper = prof("demo"), prof("paper")
+    assert load("params.yaml") == {k: v for k, v in demo.items()}   # the committed params.yaml is the resolved demo
     assert keys(demo) == keys(paper), keys(demo) ^ keys(paper)
     assert demo["profile"] == "demo" and paper["profile"] == "paper"
     assert demo["device"] == "cpu" and paper["device"].startswith("cuda")
     assert demo["model"]["backbone"] == "qualiclip-tiny" and paper["model"]["backbone"] == "RN50-quickgelu"
     assert paper["model"]["start"] == {"openai": "data/weights/RN50.pt"} and demo["model"]["start"] == {"random": "qualiclip/model.py"}
-    assert paper["train"]["pristine"].startswith("data/kadis700k")
-    for d in ["koniq10k", "clive", "flive", "spaq", "live", "csiq", "tid2013", "kadid10k"]:
-        assert d in paper["evaluate"]["datasets"] and d in paper["prepare"]["datasets"], d
+    assert paper["train"]["pristine"] == "data/downloads/kadis700k.zip"   # the archive data.dvc imports, read in place
+    for d in ["koniq10k", "clive", "flive", "spaq", "live", "csiq", "tid2013", "kadid10k"]: assert d in paper["datasets"], d
 
 
 def test_paper_datasets_are_registered():
     from qualiclip.datasets import DATASETS
-    for prof in ("params.yaml", "params/paper.yaml"):
-        p = load(prof)
-        unknown = set(p["prepare"]["datasets"]) - set(DATASETS)
-        assert not unknown, f"{prof}: unknown datasets {unknown}"
-        assert set(p["evaluate"]["datasets"]) <= set(p["prepare"]["datasets"]), prof
+    for name in PROFILES:
+        unknown = set(prof(name)["datasets"]) - set(DATASETS)
+        assert not unknown, f"{name}: unknown datasets {unknown}"
 
 
 def test_train_sections_are_valid_configs():
     pytest.importorskip("qualiclip.train")
     from qualiclip.pipeline import train_config
-    for prof in ("params.yaml", "params/paper.yaml", "params/paper-smoke.yaml"):
-        p = load(prof)
+    for name in PROFILES:
+        p = prof(name)
         cfg = train_config(p)
         assert cfg.backbone == p["model"]["backbone"] and cfg.device == p["device"] and cfg.seed == p["seed"]
         assert cfg.pretrained == str(ROOT / p["model"]["init_dir"] / "clip.pt")  # training starts from the init stage's weights
@@ -78,11 +85,10 @@ def test_train_sections_are_valid_configs():
 
 
 def test_paper_smoke_is_the_paper_profile_at_small_scale():
-    paper, smoke = load("params/paper.yaml"), load("params/paper-smoke.yaml")
+    paper, smoke = prof("paper"), prof("paper-smoke")
     assert keys(paper) == keys(smoke), keys(paper) ^ keys(smoke)
-    assert smoke["model"] == paper["model"] and smoke["prepare"] == paper["prepare"]
-    assert smoke["evaluate"]["datasets"] == paper["evaluate"]["datasets"]
-    assert smoke["evaluate"]["released_datasets"] == paper["evaluate"]["released_datasets"]
+    assert smoke["model"] == paper["model"] and smoke["prepare"] == paper["prepare"] and smoke["datasets"] == paper["datasets"]
+    assert smoke["evaluate"]["models"] == paper["evaluate"]["models"] and smoke["compared"] == paper["compared"] == {"released": "data/released/qualiclip.pth"}
     assert set(smoke["ablations"]) == set(paper["ablations"])
     assert smoke["device"] == "cpu" and smoke["train"]["precision"] == "fp32" and smoke["train"]["compile"] is False
 
@@ -91,9 +97,10 @@ def test_paper_smoke_is_the_paper_profile_at_small_scale():
 def test_paper_notebook_defaults_equal_demo_profile(nb):
     from qualiclip.pipeline import paper_params
     defaults = parameters_cell(nb)
-    assert defaults == paper_params(load("params.yaml"), nb.stem), f"{nb.name}: parameters cell differs from the demo profile's"
-    for prof in ("params/paper.yaml", "params/paper-smoke.yaml"):
-        assert set(paper_params(load(prof), nb.stem)) == set(defaults), f"{prof} paper.{nb.stem} must give the same parameters"
+    given = paper_params(prof("demo"), nb.stem)   # what the pipeline passes: the section and the shared keys; defaults do the rest
+    assert {**defaults, **given} == defaults, f"{nb.name}: parameters cell differs from the demo profile's: {given}"
+    for name in ("paper", "paper-smoke"):
+        assert set(paper_params(prof(name), nb.stem)) <= set(defaults), f"{name} paper.{nb.stem} gives parameters the notebook lacks"
 
 
 def test_every_paper_notebook_has_a_stage():
@@ -111,11 +118,11 @@ def test_nbdev_test_skips_paper_notebooks():
 
 def test_demo_stages():
     names = stage_list(ROOT)
-    for s in ["pristine", "generate@demo", "index@demo", "init@random", "train", "evaluate_ours", "evaluate_clipiqa",
-              "evaluate_niqe", "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations",
+    for s in ["pristine", "generate@demo", "index@demo", "init@random", "train", "evaluate@ours", "evaluate@clipiqa",
+              "evaluate@niqe", "ablate@no_cons", "table_opinion_unaware", "table_cross_dataset", "table_ablations",
               "figure_levels", "gradcam", "gmad"]:
         assert s in names, s
-    assert not any(n.startswith("evaluate_released@") for n in names)  # nothing of the paper's data in the demo
+    assert not any(n.startswith(("evaluate@released", "compare_released@")) for n in names)  # nothing of the paper's data in the demo
 
 
 def test_no_user_input_is_a_stage_output():
@@ -126,12 +133,12 @@ def test_no_user_input_is_a_stage_output():
         body = st.get("do", st)
         for o in body.get("outs", []) + body.get("metrics", []) + body.get("plots", []):
             outs.append((name, next(iter(o)) if isinstance(o, dict) else o))
-    user = ("${prepare.root}", "${train.pristine}", "${evaluate.niqe_params}", "${item}", "data/")
+    user = ("${prepare.root}", "${train.pristine}", "${item.weights}", "${item}", "data/")
     assert not [(n, o) for n, o in outs if n != "generate" and o.startswith(user)]
     gen = dvc["generate"]["do"]["outs"]
     assert [next(iter(o)) for o in gen] == ["${prepare.root}/${item}"] and dvc["generate"]["foreach"] == "${prepare.generated}"
-    for prof in ("params/paper.yaml", "params/paper-smoke.yaml"):
-        assert load(prof)["prepare"]["generated"] == [], prof   # in the paper profiles every dataset folder is the user's
+    for name in ("paper", "paper-smoke", "paper-smoke-gpu"):
+        assert prof(name)["prepare"]["generated"] == [], name   # in the paper profiles every dataset folder is the user's
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +148,17 @@ def paper_repo(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=d, check=True)
     subprocess.run([DVC, "init", "-q"], cwd=d, check=True, env=ENV)
     for f in ("dvc.yaml", "data.dvc"): shutil.copy(ROOT / f, d / f)
-    shutil.copy(ROOT / "params" / "paper.yaml", d / "params.yaml")
+    from qualiclip.config import profile_cmd
+    assert profile_cmd("paper", out=str(d / "params.yaml")) == 0   # the resolved profile, as `qualiclip profile paper` writes it
     return d
 
 
 def test_paper_profile_stages(paper_repo):
     names = stage_list(paper_repo)
-    p = load("params/paper.yaml")
-    for ds in p["prepare"]["datasets"]: assert f"index@{ds}" in names
-    for m in ("ours", "clipiqa", "niqe"): assert f"evaluate_{m}" in names
-    assert "evaluate_released@released" in names and "init@openai" in names and "train" in names
+    p = prof("paper")
+    for ds in p["datasets"]: assert f"index@{ds}" in names
+    for m in ("ours", "clipiqa", "niqe", "released"): assert f"evaluate@{m}" in names
+    assert "compare_released@released" in names and "init@openai" in names and "train" in names
     assert not any(n.startswith(("generate@", "prepare@", "unpack")) for n in names)
 
 
@@ -158,8 +166,8 @@ def test_paper_profile_depends_on_user_inputs(paper_repo):
     "The user's files are dependencies: RN50.pt -> init, each dataset folder -> its index -> evaluation."
     r = subprocess.run([DVC, "dag", "--dot"], cwd=paper_repo, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '"index@koniq10k" -> "evaluate_ours"' in r.stdout and '"init@openai" -> "train"' in r.stdout, r.stdout
-    assert '"index@koniq10k" -> "evaluate_released@released"' in r.stdout
+    assert '"index@koniq10k" -> "evaluate@ours"' in r.stdout and '"init@openai" -> "train"' in r.stdout, r.stdout
+    assert '"index@koniq10k" -> "evaluate@released"' in r.stdout and '"index_pool@kadis700k" -> "train"' in r.stdout
 
 
 def test_interrupted_training_resumes(tmp_path):
@@ -212,13 +220,13 @@ def test_training_pool_is_listed_not_hashed():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert "${prepare.pool_dep}" in dvc["train"]["deps"] and "${train.pristine}" not in dvc["train"]["deps"]
     assert dvc["index_pool"]["do"]["always_changed"] is True and dvc["index_pool"]["foreach"] == "${prepare.pools}"
-    for prof in ("params.yaml", "params/paper.yaml", "params/paper-smoke.yaml", "params/paper-smoke-gpu.yaml"):
-        p = load(prof); prep = p["prepare"]
+    for name in PROFILES:
+        p = prof(name); prep = p["prepare"]
         if prep["pools"]:
-            (name, folder), = prep["pools"].items()
-            assert folder == p["train"]["pristine"] and prep["pool_dep"] == f"{prep['index']}/pool-{name}.csv", prof
+            (pool, folder), = prep["pools"].items()
+            assert folder == p["train"]["pristine"] and prep["pool_dep"] == f"{prep['index']}/pool-{pool}.csv", name
         else:
-            assert prep["pool_dep"] == p["train"]["pristine"] == f"{p['pristine']['demo_dir']}/train", prof   # built by the pipeline
+            assert prep["pool_dep"] == p["train"]["pristine"] == f"{p['pristine']['demo_dir']}/train", name   # built by the pipeline
 
 
 def test_paper_smoke_knows_the_always_run_stages():

@@ -13,7 +13,8 @@ PROFILES = ['params.yaml'] + sorted(str(f.relative_to(ROOT)) for f in (ROOT / 'p
 
 @pytest.mark.parametrize('f', PROFILES)
 def test_profile_prompts_section(f):
-    p = yaml.safe_load(open(ROOT / f))
+    from qualiclip.config import load_profile
+    p = load_profile(str(ROOT / f))   # overlays resolved, defaults filled in
     sec = p['prompts']
     assert set(sec) == set(RECIPE) | {'fit'}, f"{f}: prompts keys differ from the recipe"
     recipe, _ = prompts_recipe(ROOT / f)
@@ -22,7 +23,7 @@ def test_profile_prompts_section(f):
     sides = {pair.split('>')[0] for pair in p['paper']['T2_cross_dataset']['pairs']}
     assert {prompts_key(s) for s in sides} == set(sec['fit']), f"{f}: prompts.fit keys must be the T2 training sides"
     for key, item in sec['fit'].items():
-        assert set(item) == {'dataset', 'subset'} and item['dataset'] in p['prepare']['datasets']
+        assert set(item) == {'dataset', 'subset'} and item['dataset'] in p['datasets']
         assert prompts_key(f"{item['dataset']}[{item['subset']}]" if item['subset'] else item['dataset']) == key
 
 

@@ -45,18 +45,18 @@ def error_line(err: str) -> str:
 
 WRONG = [  # (a params file, the key its message must name)
     ("prepare: [1, 2]", "prepare"), ("train: hello", "train"), ("model: {start: openai}", "model.start"),
-    ("evaluate: {released: [a, b]}", "evaluate.released"), ("model: hello", "model"), ("pristine: [x]", "pristine"),
-    ("evaluate: 5", "evaluate"), ("prepare: {datasets: live}", "prepare.datasets"),
-    ("prepare: {datasets: [1, 2]}", "prepare.datasets"), ("prepare: {root: [a]}", "prepare.root"),
-    ("train: {pristine: [a]}", "train.pristine"), ("train: {out: {a: 1}}", "train.out"),
-    ("evaluate: {datasets: x}", "evaluate.datasets"), ("evaluate: {niqe_params: [a]}", "evaluate.niqe_params"),
+    ("evaluate: {models: [a, b]}", "evaluate.models"), ("model: hello", "model"), ("pristine: [x]", "pristine"),
+    ("evaluate: 5", "evaluate"), ("datasets: live", "datasets"), ("datasets: [1, 2]", "datasets[0]"),
+    ("prepare: {root: [a]}", "prepare.root"), ("train: {pristine: [a]}", "train.pristine"), ("train: {out: {a: 1}}", "train.out"),
+    ("evaluate: {models: {a: {scorer: niqe}}}", "evaluate.models.a.weights"),
+    ("evaluate: {models: {a: {scorer: niqe, weights: [a]}}}", "evaluate.models.a.weights"),
     ("paper: [a]", "paper"), ("paper: {T1_opinion_unaware: [x]}", "paper.T1_opinion_unaware"),
     ("paper: {T1_opinion_unaware: {out_md: [x]}}", "paper.T1_opinion_unaware.out_md"),
-    ("model: {start: {openai: [a]}}", "model.start.openai"), ("evaluate: {released: {released: 5}}", "evaluate.released.released"),
-    ("seed: hello", "seed"), ("pristine: {pool_archive: [a]}", "pristine.pool_archive"), ("prepare: {pools: [a]}", "prepare.pools"),
+    ("model: {start: {openai: [a]}}", "model.start.openai"), ("evaluate: {models: {r: 5}}", "evaluate.models.r"),
+    ("seed: hello", "seed"), ("pristine: {demo_dir: [a]}", "pristine.demo_dir"), ("prepare: {pools: [a]}", "prepare.pools"),
     ("ablations: [a]", "ablations"), ("ablations: {full: 3}", "ablations.full"), ("model: {backbone: [a]}", "model.backbone"),
-    ("evaluate: {released_datasets: live}", "evaluate.released_datasets"), ("device: [cpu]", "device"),
-    ("train: {pristine: data/k, out: 7}\npristine: {pool_archive: data/k.zip}", "train.out"),
+    ("evaluate: {models: {r: {scorer: qualiclip, weights: w, datasets: live}}}", "evaluate.models.r.datasets"),
+    ("device: [cpu]", "device"), ("train: {pristine: data/k.zip, out: 7}", "train.out"), ("train: {lr: fast}", "train.lr"),
 ]
 
 
@@ -74,8 +74,9 @@ def test_wrongly_typed_params_are_one_line_naming_the_key(repo, capsys, cmd, tex
 
 def test_the_repository_profiles_pass_the_check():
     root = Path(pl.__file__).resolve().parent.parent
+    from qualiclip.config import load_profile
     for f in [root / "params.yaml", *sorted((root / "params").glob("*.yaml"))]:
-        assert pl.check_profile(yaml.safe_load(f.read_text()), str(f))
+        assert load_profile(str(f))["profile"]
 
 
 # ---- check: an empty or truncated weights file is not [ok]
@@ -113,7 +114,7 @@ def test_standin_fills_a_link_to_an_empty_folder_and_names_a_dangling_one(repo, 
     (repo / "data/datasets").mkdir(parents=True)
     (repo / "data/datasets/kadid10k").symlink_to(repo / "disk/kadid")
     (repo / "data/datasets/csiq").symlink_to(repo / "disk/none")
-    f = write_params(repo, {"prepare": {"root": "data/datasets", "datasets": ["kadid10k", "csiq"]}})
+    f = write_params(repo, {"datasets": ["kadid10k", "csiq"]})
     rc, out, err = cli(capsys, "standin", "--params", f, "--n", "2", "--size", "48", "64")
     assert rc == 0, err
     assert (repo / "data/datasets/kadid10k").is_symlink() and any((repo / "disk/kadid").rglob("*.png"))
@@ -128,7 +129,7 @@ def test_standin_checks_every_output_before_writing_the_first(repo, capsys):
     (repo / "data").mkdir()
     (repo / "data/weights").write_text("a file where the weights folder goes\n")
     f = write_params(repo, {"model": {"backbone": "qualiclip-tiny", "start": {"openai": "data/weights/RN50.pt"}},
-                            "prepare": {"root": "data/datasets", "datasets": ["kadid10k"]}})
+                            "datasets": ["kadid10k"]})
     rc, out, err = cli(capsys, "standin", "--params", f, "--n", "2", "--size", "48", "64")
     line = error_line(err)
     assert rc == 2 and "data/weights" in line and "is a file, not a folder" in line, err
@@ -153,8 +154,7 @@ def test_standin_pool_without_archive_leaves_no_file_of_its_own(repo, capsys):
 def pool_profile(repo):
     pl.standin_pool_archive(repo / "data/downloads/kadis700k.zip", n=2, short=32)
     (repo / "data/kadis700k").mkdir(parents=True)
-    return write_params(repo, {"train": {"pristine": "data/kadis700k/ref_imgs"},
-                               "pristine": {"pool_archive": "data/downloads/kadis700k.zip"}})
+    return write_params(repo, {"train": {"pristine": "data/kadis700k/ref_imgs"}})   # a folder; `unpack --archive` fills it
 
 
 def test_unpack_into_a_link_to_an_empty_folder(repo, capsys, pool_profile):

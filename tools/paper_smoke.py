@@ -2,11 +2,13 @@
 
     python tools/paper_smoke.py [--keep DIR] [--params FILE]
 
-Copies the working tree (tracked and untracked files, not ignored ones) into a scratch git repository, makes
-params/paper-smoke.yaml (or --params FILE: params/paper-smoke-gpu.yaml runs the same on a GPU, bf16, compiled) its
-params.yaml, then runs what a user of the paper profile runs: `qualiclip standin` (stand-ins for every input, at the
-documented paths), `qualiclip check` (must pass), `qualiclip unpack`, `dvc repro`, and a second `dvc repro` that must
-re-run nothing. It prints the time of each step and of each stage, and exits non-zero when any of it fails.
+Copies the working tree (tracked and untracked files, not ignored ones) into a scratch git repository, then runs what a
+user of the paper profile runs, with no make: `qualiclip profile paper-smoke` (or --params NAME: paper-smoke-gpu runs the
+same on a GPU, bf16, compiled) writes its params.yaml, `qualiclip standin` (stand-ins for every input, at the documented
+paths), `qualiclip check` (must pass), `dvc repro`, and a second `dvc repro` that must re-run nothing but the pool listing.
+The first `dvc repro` is traced (QUALICLIP_TRACE): every stage's dvc.yaml dependencies must hold each qualiclip module
+whose code ran under its command (`qualiclip.pipeline.missing_stage_deps`). It prints the time of each step and of
+each stage, and exits non-zero when any of it fails.
 """
 from __future__ import annotations
 
@@ -42,15 +44,31 @@ def stage_times(lines: list, total: float) -> list:
     return [(name, (starts[i + 1][0] if i + 1 < len(starts) else total) - t) for i, (t, name) in enumerate(starts)]
 
 
+def check_deps(repo: Path, trace: Path) -> int:
+    "Compare what each stage ran (the trace) with its declared module dependencies (dvc.lock); 1 when one is missing."
+    import yaml
+    from qualiclip.pipeline import missing_stage_deps, traced_modules
+    lock = yaml.safe_load((repo / 'dvc.lock').read_text())
+    missing, untraced = missing_stage_deps(lock, traced_modules(trace))
+    n = len(lock.get('stages') or {})
+    print(f"\n=== stage dependencies: {n - len(untraced)} of {n} stages traced; "
+          f"{'every one declares the modules it ran' if not missing else str(len(missing)) + ' miss some'}"
+          + (f" (no record: {', '.join(untraced)})" if untraced else ''), flush=True)
+    for st, mods in missing.items():
+        print(f"paper-smoke: stage {st} ran {', '.join('qualiclip/' + m for m in mods)} but dvc.yaml does not list "
+              f"{'it' if len(mods) == 1 else 'them'} among its deps: add {'it' if len(mods) == 1 else 'them'}", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--keep', help='scratch folder to use and keep (default: a temporary one, removed on success)')
-    ap.add_argument('--params', default='params/paper-smoke.yaml',
-                    help='profile to run (default params/paper-smoke.yaml; params/paper-smoke-gpu.yaml: the same on a GPU)')
+    ap.add_argument('--params', default='paper-smoke',
+                    help='profile to run (default paper-smoke, params/paper-smoke.yaml; paper-smoke-gpu: the same on a GPU)')
     a = ap.parse_args(argv)
-    profile = Path(a.params) if Path(a.params).is_absolute() or Path(a.params).is_file() else ROOT / a.params
-    if not profile.is_file():
-        print(f"paper-smoke: --params {a.params}: no such file; give a profile such as params/paper-smoke.yaml", file=sys.stderr)
+    name = Path(a.params).stem if a.params.endswith('.yaml') else a.params
+    if not (ROOT / 'params' / f'{name}.yaml').is_file():
+        print(f"paper-smoke: --params {a.params}: no profile params/{name}.yaml; give one such as paper-smoke", file=sys.stderr)
         return 2
     scratch = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix='qualiclip-paper-smoke.'))
     repo = scratch / 'repo'
@@ -66,20 +84,24 @@ def main(argv=None) -> int:
     env = dict(os.environ, DVC_NO_ANALYTICS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1', QUALICLIP_ROOT=str(repo),
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", GIT_AUTHOR_NAME='smoke', GIT_AUTHOR_EMAIL='smoke@localhost',
                GIT_COMMITTER_NAME='smoke', GIT_COMMITTER_EMAIL='smoke@localhost', MPLBACKEND='Agg')
-    shutil.copy(profile, repo / 'params.yaml')
+    (repo / 'params.yaml').unlink()                      # the committed params.yaml (the demo) is replaced by the profile's
     (repo / 'dvc.lock').unlink(missing_ok=True)          # the committed lock belongs to the demo profile
+    trace = scratch / 'trace'
     for c in (['git', 'init', '-q'], ['git', 'add', '-A'], ['git', 'commit', '-qm', 'paper-smoke scratch copy']):
         subprocess.run(c, cwd=repo, env=env, check=True)
     q = str(BIN / 'qualiclip'); dvc = str(BIN / 'dvc')
-    steps = [('standin', [q, 'standin', '--params', 'params.yaml']), ('check', [q, 'check', '--params', 'params.yaml']),
-             ('unpack', [q, 'unpack', '--params', 'params.yaml']), ('dvc repro', [dvc, 'repro']), ('dvc repro (again)', [dvc, 'repro'])]
+    steps = [('profile', [q, 'profile', name]), ('standin', [q, 'standin']), ('check', [q, 'check']),
+             ('dvc repro', [dvc, 'repro']), ('dvc repro (again)', [dvc, 'repro'])]
     times, stages, t_all = [], [], time.time()
     for name, cmd in steps:
         print(f"\n=== {name}: {' '.join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))}", flush=True)
-        t0 = time.time(); rc, out, lines = sh(cmd, repo, env); dt = time.time() - t0
+        t0 = time.time(); rc, out, lines = sh(cmd, repo, dict(env, QUALICLIP_TRACE=str(trace)) if name == 'dvc repro' else env)
+        dt = time.time() - t0
         times.append((name, dt))
         if rc != 0: print(f"paper-smoke: {name} failed (exit {rc}); scratch copy kept in {repo}", file=sys.stderr); return 1
-        if name == 'dvc repro': stages = stage_times(lines, dt)
+        if name == 'dvc repro':
+            stages = stage_times(lines, dt)
+            if check_deps(repo, trace): return 1
         if name == 'dvc repro (again)':
             ran = [l.split("'")[1] for _, l in lines if l.startswith("Running stage '")]
             listed = [st for st in ran if st.split('@')[0] in ALWAYS_RUN]   # listing stages run every time, by design
