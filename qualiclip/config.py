@@ -15,8 +15,9 @@ from .core import OutputError, atomic_path, load_params, repo_root, resolve, wri
 # %% auto #0
 __all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'PristineKeys', 'ModelKeys', 'PrepareKeys', 'ModelEntry', 'EvaluateKeys',
            'train_keys', 'prompts_keys', 'FitEntry', 'ProfileKeys', 'declared', 'held', 'conform', 'section',
-           'notebook_parameters', 'check_profile', 'merge', 'interpolate', 'profile_path', 'profile_chain',
-           'load_profile', 'resolve_overlays', 'render', 'generated_unchanged', 'profile_cmd', 'keys_table']
+           'notebook_parameters', 'check_profile', 'scorer_module', 'merge', 'interpolate', 'profile_path',
+           'profile_chain', 'load_profile', 'resolve_overlays', 'render', 'generated_unchanged', 'profile_cmd',
+           'keys_table']
 
 # %% ../nbs/13a_config.ipynb #acc187b0
 @dataclass
@@ -49,6 +50,7 @@ class ModelEntry:
     short:str = '' # how figures name it (default: its label)
     datasets:list[str]|None = None # the datasets it is evaluated on (None: every one of `datasets`)
     compare:bool = False # also compare its weights with the starting weights, layer by layer (stage compare_released@<name>)
+    module:str = '' # derived, never set by hand: the library file of its scorer's builder (a dependency of stage evaluate@<name>)
 
 @dataclass
 class EvaluateKeys:
@@ -203,7 +205,7 @@ def section(v:dict, # a section as the profile gives it
     for k, (anno, dflt, _) in keys.items():
         if k in v: out[k] = conform(v[k], anno, pre + k)
         elif fill:
-            if dflt is MISSING: raise ValueError(f"{pre}{k} is missing; it must be {_want(anno.replace(' ', ''))}.")
+            if dflt is MISSING: raise ValueError(f"{pre}{k} is missing; it must be {_want(anno.replace(' ', ''))}. Add it in the params file (or in the overlay in params/ it was made from).")
             out[k] = _plain(copy.deepcopy(dflt))
     return out
 
@@ -250,7 +252,7 @@ def _paper(v:dict, # the `paper:` section
             if pars is not None and k not in pars:
                 raise ValueError(f"paper.{name}.{k} is not a parameter of nbs/paper/{name}.ipynb; its parameters are: "
                                  f"{', '.join(p for p in pars if p not in PAPER_SHARED.get(name, ()))}.")
-            kind = _kind(pars[k]) if pars is not None else None
+            kind = _kind(pars[k]) if pars is not None else 'str' if k.startswith('out_') else None   # (no notebooks here: output paths are text)
             out[name][k] = conform(x, kind, f"paper.{name}.{k}") if kind else x
     return out
 
@@ -298,11 +300,23 @@ def check_profile(p:dict, # a profile (overlays resolved)
         out['prompts']['fit'] = conform(pr.get('fit') or {}, 'dict[str, FitEntry]', 'prompts.fit')
         out['paper'] = _paper(p.get('paper') or {})
         out = {k: out[k] for k in declared() if k in out}
-        if fill: out['compared'] = {k: m['weights'] for k, m in out['evaluate']['models'].items() if m['compare']}
+        if fill:
+            out['compared'] = {k: m['weights'] for k, m in out['evaluate']['models'].items() if m['compare']}
+            for k, m in out['evaluate']['models'].items(): m['module'] = scorer_module(m['scorer'], f'evaluate.models.{k}.scorer')
         return _refs(out) if fill else out
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
 
 # %% ../nbs/13a_config.ipynb #c8e92649
+def scorer_module(name:str, # a registered scorer
+                  key:str='scorer', # where the profile names it, for messages
+                 ) -> str:
+    "The library file that builds a scorer (e.g. 'niqe.py'): evaluate@<model> depends on it, and only on its own scorer's."
+    from qualiclip.scoring import SCORERS
+    if name not in SCORERS: raise ValueError(f"{key} is {name!r}, which is not a registered scorer; the scorers are: {', '.join(SCORERS)}.")
+    b = SCORERS[name]
+    mod = b.split(':')[0] if isinstance(b, str) else getattr(b, '__module__', '')
+    return mod.split('.')[-1] + '.py' if mod.startswith('qualiclip.') else 'scoring.py'   # (a builder of your own: the registry's module)
+
 _TABLES = {'model.start', 'prepare.pools', 'evaluate.models', 'ablations', 'prompts.fit'}   # an overlay replaces these whole
 
 def merge(base:dict, # the profile an overlay extends

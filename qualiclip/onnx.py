@@ -201,6 +201,32 @@ class OnnxScorer:
         "Scores (B,) float32 on the CPU."
         return torch.from_numpy(self.session.run([OUTPUTS[0]], {INPUT: self._pixels(x)})[0])
 
+    @property
+    def prompts(self) -> list:
+        "The antonym prompt pairs baked into the graph (its metadata)."
+        return [tuple(p) for p in json.loads(self.meta.get('prompts', '[]'))]
+
+    def features_to_cos(self, f:torch.Tensor, # L2-normalised image features (B,D), as `score_and_embed` gives them
+                       ) -> torch.Tensor:
+        "Cosine similarities (B,P,2) to each prompt, from the prompt features stored in the graph (the seven aspects' columns)."
+        if not hasattr(self, '_text'):
+            import onnx
+            from onnx import numpy_helper
+            g = onnx.load(str(self.path)).graph
+            n2 = 2 * len(self.prompts); t = []   # the prompt features: the (2P, D) constant of unit rows (or its transpose)
+            for a in (numpy_helper.to_array(i) for i in g.initializer):
+                if a.ndim == 2 and n2 in a.shape and a.dtype.kind == 'f':
+                    a = a if a.shape[0] == n2 else a.T
+                    if np.allclose(np.linalg.norm(a.astype(np.float64), axis=1), 1, atol=1e-3): t.append(a)
+            if len(t) != 1: raise ValueError(f"{self.path}: no prompt features in the graph; export it again with `qualiclip export`.")
+            self._text = torch.from_numpy(t[0].astype(np.float32))
+        return (f.float() @ self._text.T).view(f.shape[0], -1, 2)
+
+    def logits_to_score(self, cos:torch.Tensor, # cosine similarities (B,P,2)
+                       ) -> torch.Tensor:
+        "Positive-prompt probability of softmax(scale*cos) per pair, averaged: the graph's own head."
+        return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
+
     def __repr__(self): return f"OnnxScorer({str(self.path)!r}, precision={self.precision!r}, backbone={self.backbone!r})"
 
 # %% ../nbs/18_onnx.ipynb #8b9897d7
