@@ -6,7 +6,7 @@
 __all__ = ['CALIBRATION_FORMAT', 'is_monotone', 'fit_calibration', 'score_sample', 'percentile_of', 'training_rows', 'calibrate',
            'read_calibration', 'check_calibration', 'apply_calibration', 'calibrate_cmd', 'score_tta']
 
-# %% ../nbs/19_calibrate.ipynb #254b39b9
+# %% ../nbs/19_calibrate.ipynb #c08fd2d3
 import json, math, sys, warnings
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .datasets import DatasetError, get_spec, make_splits, sha256sum
 from .metrics import fit_logistic, logistic_map, plcc, srcc
 from .scoring import TTA_VARIANTS, get_scorer, make_scorer, score_files, scorer_spec
 
-# %% ../nbs/19_calibrate.ipynb #ec25786e
+# %% ../nbs/19_calibrate.ipynb #1c33e8fd
 CALIBRATION_FORMAT = 'qualiclip-calibration/1'   # the `format` of a map file
 
 def is_monotone(cal:dict, # a map (its `logistic` entry is used)
@@ -47,7 +47,7 @@ def fit_calibration(scores, # the model's scores of the training images
                          "use --params 4, which is monotone by construction.")
     return cal
 
-# %% ../nbs/19_calibrate.ipynb #2456cb52
+# %% ../nbs/19_calibrate.ipynb #571f4968
 def score_sample(scores, # the training images' scores
                  most:int=2001, # keep every score up to this many, else 1001 evenly spaced quantiles
                 ) -> list[float]:
@@ -66,7 +66,7 @@ def percentile_of(sample, # sorted scores (`score_sample`)
     p = p if higher_better else 100 - p
     return np.where(np.isfinite(s), p, np.nan)
 
-# %% ../nbs/19_calibrate.ipynb #b306b955
+# %% ../nbs/19_calibrate.ipynb #f09b4ffb
 def training_rows(df:pd.DataFrame, # a dataset table (`load_dataset`, `read_index`)
                   dataset:str, # its name
                   split_seed:int=0, # seed of the random splits when the owners publish none
@@ -119,7 +119,7 @@ def calibrate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
             'split': how, 'split_seed': int(split_seed), 'train': judge(train), 'heldout': judge(~train),
             'train_scores_sorted': score_sample(s[train])}
 
-# %% ../nbs/19_calibrate.ipynb #c1fffc3b
+# %% ../nbs/19_calibrate.ipynb #682a0620
 def read_calibration(path:str|Path, # a map written by `qualiclip calibrate`
                     ) -> dict:
     "A calibration map, checked: its format and the entries `apply_calibration` needs; one clear error otherwise."
@@ -157,7 +157,7 @@ def apply_calibration(cal:dict, # a map (`read_calibration`)
     mos = np.clip(logistic_map(s, L['beta'], L['sign'], L['center']), *sorted(cal['mos_range']))
     return np.where(np.isfinite(s), mos, np.nan), percentile_of(cal['train_scores_sorted'], s, cal['score_higher_better'])
 
-# %% ../nbs/19_calibrate.ipynb #c8be40e7
+# %% ../nbs/19_calibrate.ipynb #52448862
 @writes(inputs=('weights', 'root'), out='json')
 def calibrate_cmd(weights:str, # the checkpoint to calibrate (official layout), or 'released'; NIQE: its parameters file
                   dataset:str, # dataset name with human scores (e.g. demo, koniq10k, live)
@@ -189,7 +189,7 @@ def calibrate_cmd(weights:str, # the checkpoint to calibrate (official layout), 
           f"held-out PLCC {h['plcc_before']:.4f} -> {h['plcc_after']:.4f} on {h['n']} images (SRCC {h['srcc']:.4f}, unchanged by the map) -> {out}")
     return 0
 
-# %% ../nbs/19_calibrate.ipynb #4a785b98
+# %% ../nbs/19_calibrate.ipynb #faba2eef
 def score_tta(paths, # image files, folders, globs or file lists (as `score_files`)
               scorer, # a scorer
               n:int=4, # variants: the image, its mirror image, then 90% crops (`TTA_VARIANTS`)

@@ -15,7 +15,7 @@ from .core import OutputError, atomic_path, load_params, repo_root, resolve, wri
 # %% auto #0
 __all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'PristineKeys', 'ModelKeys', 'PrepareKeys', 'ModelEntry', 'EvaluateKeys',
            'train_keys', 'prompts_keys', 'FitEntry', 'ProfileKeys', 'declared', 'held', 'conform', 'section',
-           'notebook_parameters', 'check_profile', 'scorer_module', 'merge', 'interpolate', 'profile_path',
+           'notebook_parameters', 'scorer_module', 'check_profile', 'merge', 'interpolate', 'profile_path',
            'profile_chain', 'load_profile', 'resolve_overlays', 'render', 'generated_unchanged', 'profile_cmd',
            'keys_table']
 
@@ -257,6 +257,16 @@ def _paper(v:dict, # the `paper:` section
     return out
 
 # %% ../nbs/13a_config.ipynb #3dc2828c
+def scorer_module(name:str, # a registered scorer
+                  key:str='scorer', # where the profile names it, for messages
+                 ) -> str:
+    "The library file that builds a scorer (e.g. 'niqe.py'): evaluate@<model> depends on it, and only on its own scorer's."
+    from qualiclip.scoring import SCORERS
+    if name not in SCORERS: raise ValueError(f"{key} is {name!r}, which is not a registered scorer; the scorers are: {', '.join(SCORERS)}.")
+    b = SCORERS[name]
+    mod = b.split(':')[0] if isinstance(b, str) else getattr(b, '__module__', '')
+    return mod.split('.')[-1] + '.py' if mod.startswith('qualiclip.') else 'scoring.py'   # (a builder of your own: the registry's module)
+
 def _refs(p:dict) -> dict:
     "The profile with its cross-references checked: models, prompt sets and paper sections name what the profile declares."
     ds, models = p['datasets'], p['evaluate']['models']
@@ -307,16 +317,6 @@ def check_profile(p:dict, # a profile (overlays resolved)
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
 
 # %% ../nbs/13a_config.ipynb #c8e92649
-def scorer_module(name:str, # a registered scorer
-                  key:str='scorer', # where the profile names it, for messages
-                 ) -> str:
-    "The library file that builds a scorer (e.g. 'niqe.py'): evaluate@<model> depends on it, and only on its own scorer's."
-    from qualiclip.scoring import SCORERS
-    if name not in SCORERS: raise ValueError(f"{key} is {name!r}, which is not a registered scorer; the scorers are: {', '.join(SCORERS)}.")
-    b = SCORERS[name]
-    mod = b.split(':')[0] if isinstance(b, str) else getattr(b, '__module__', '')
-    return mod.split('.')[-1] + '.py' if mod.startswith('qualiclip.') else 'scoring.py'   # (a builder of your own: the registry's module)
-
 _TABLES = {'model.start', 'prepare.pools', 'evaluate.models', 'ablations', 'prompts.fit'}   # an overlay replaces these whole
 
 def merge(base:dict, # the profile an overlay extends

@@ -497,7 +497,7 @@ def list_images(paths:list|str|Path, # files, folders or glob patterns
                                         + ' '.join(bad[:3]))
     return res
 
-# %% ../nbs/00_core.ipynb #8ae37b74
+# %% ../nbs/00_core.ipynb #84738ae4
 def pool_archive_members(names:list, # member names of the archive
                         ) -> dict:
     "Member name -> path under the pool folder, for the images under a `ref_imgs/` folder (everything else is skipped)."
@@ -531,7 +531,7 @@ def read_member(name:str, # `<archive>::<member>`, as `zip_images` lists it
     if key not in _ZIPS: _ZIPS[key] = zipfile.ZipFile(arc)
     return _ZIPS[key].read(member)
 
-# %% ../nbs/00_core.ipynb #baa22ca2
+# %% ../nbs/00_core.ipynb #e37369db
 _CO_OPTIMIZED = 0x1   # code flag of functions (not of module or class bodies, which run when a module is imported)
 
 def start_trace(folder:str|Path, # where each process appends `<command>\t<module file>` lines (`<pid>.tsv`)

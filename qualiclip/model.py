@@ -40,7 +40,7 @@ TINY_CONFIG = 'qualiclip-tiny'
 CONFIG_DIR = Path(str(importlib.resources.files('qualiclip') / 'configs'))   # open_clip configs shipped in the package
 TINY_CFG = json.loads((CONFIG_DIR / f'{TINY_CONFIG}.json').read_text())
 
-# %% ../nbs/03_model.ipynb #32552128
+# %% ../nbs/03_model.ipynb #1b35381d
 def aspect_name(prompt:str, # a positive prompt, e.g. 'High-resolution image.'
                ) -> str:
     "Column name of a prompt pair: its positive prompt in snake case; a hyphenated adjective drops its noun ('High-resolution image.' -> 'high_resolution')."

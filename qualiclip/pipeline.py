@@ -697,7 +697,7 @@ def summary_cmd(params:str='params.yaml', # the profile
     text, missing = summary(params)
     print(text); return 1 if missing else 0
 
-# %% ../nbs/13_pipeline.ipynb #d8d8266b
+# %% ../nbs/13_pipeline.ipynb #28fb32d5
 SHELL_MODULES = {'cli.py', '__init__.py', '_modidx.py'}   # the command line and package shell: every stage runs them, none depends on them
 
 def traced_modules(folder:str|Path, # the QUALICLIP_TRACE folder (one `<pid>.tsv` per process)

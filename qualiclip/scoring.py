@@ -204,7 +204,7 @@ def clipiqa_scorer(weights:str|None=None, # a checkpoint in the official QualiCL
     m.name = 'clipiqa-ensemble' if ensemble else 'clipiqa'
     return m
 
-# %% ../nbs/03a_scoring.ipynb #153756b2
+# %% ../nbs/03a_scoring.ipynb #569abf3d
 TTA_VARIANTS = ('original', 'hflip', 'crop_tl', 'crop_br', 'crop_tr', 'crop_bl', 'crop_c',
                 'hflip_crop_tl', 'hflip_crop_br', 'hflip_crop_tr', 'hflip_crop_bl', 'hflip_crop_c')   # what `tta_variant` k gives
 _CROP_AT = {'tl': (0, 0), 'br': (1, 1), 'tr': (0, 1), 'bl': (1, 0), 'c': (0.5, 0.5)}   # crop offset as a fraction of the slack (y, x)
