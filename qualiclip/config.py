@@ -13,11 +13,11 @@ import yaml
 from .core import OutputError, atomic_path, load_params, repo_root, resolve, writes
 
 # %% auto #0
-__all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'PristineKeys', 'ModelKeys', 'PrepareKeys', 'ModelEntry', 'EvaluateKeys',
+__all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'REFERENCE', 'PristineKeys', 'ModelKeys', 'PrepareKeys', 'ModelEntry', 'EvaluateKeys',
            'train_keys', 'prompts_keys', 'FitEntry', 'ProfileKeys', 'declared', 'held', 'conform', 'section',
            'notebook_parameters', 'scorer_module', 'check_profile', 'merge', 'interpolate', 'profile_path',
            'profile_chain', 'load_profile', 'resolve_overlays', 'render', 'generated_unchanged', 'profile_cmd',
-           'keys_table']
+           'keys_table', 'reference_markdown', 'write_reference']
 
 # %% ../nbs/13a_config.ipynb #acc187b0
 @dataclass
@@ -469,3 +469,25 @@ def keys_table(section:str|None=None, # None (top level), a section name, 'Model
     out = ['| key | type | default | meaning |', '|---|---|---|---|']
     out += [f"| `{pre}{k}` | {a.replace('|', ' or ')} | {_cell(d)} | {m.replace('|', '/')} |" for k, (a, d, m) in rows.items()]
     return '\n'.join(out)
+
+REFERENCE = [(None, 'Top level'), ('pristine', '`pristine:`'), ('model', '`model:`'), ('prepare', '`prepare:`'),
+             ('train', '`train:` (and each ablation, and `ablation_recipe`)'), ('evaluate', '`evaluate:`'),
+             ('ModelEntry', 'A row of `evaluate.models`'), ('prompts', '`prompts:`'), ('FitEntry', 'A row of `prompts.fit`')]
+_REF_MARK = '<!-- the profile reference: written by qualiclip.config.write_reference -->'
+
+def reference_markdown() -> str:
+    "The whole profile reference (every section's `keys_table`) as one Markdown text."
+    return '\n\n'.join([_REF_MARK] + [f"### {title}\n\n{keys_table(sec)}" for sec, title in REFERENCE])
+
+def write_reference(nb:str|Path|None=None, # the notebook holding the reference (default: nbs/13a_config.ipynb)
+                   ) -> bool:
+    "Rewrite the reference cell of the notebook from the declaration; True when it changed (the docs then show the new keys)."
+    f = Path(nb) if nb else repo_root()/'nbs'/'13a_config.ipynb'
+    d = json.loads(f.read_text(encoding='utf-8'))
+    cell = next(c for c in d['cells'] if ''.join(c['source']).startswith(_REF_MARK))
+    text = reference_markdown(); lines = text.split('\n')
+    new = [l + '\n' for l in lines[:-1]] + [lines[-1]]
+    if cell['source'] == new: return False
+    cell['source'] = new
+    with atomic_path(f) as t: t.write_text(json.dumps(d, indent=1, ensure_ascii=False, sort_keys=True) + '\n', encoding='utf-8')
+    return True
