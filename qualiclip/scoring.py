@@ -9,7 +9,6 @@ __all__ = ['SCORERS', 'SCORER_INFO', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'INT
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
 import importlib, json, math, os, sys, tempfile, time, warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .core import ImageReadError, atomic_path, check_output, get_device, load_pil, resize_short_side, timed
-from .files import as_is, batch_capacity, check_options, check_pixels, expand_inputs, printable
-from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP, resolve_weights
+from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, resize_short_side, run_measured, timed
+from .files import CPU_BATCH_PIXELS, SizeBatcher, as_is, check_options, check_pixels, expand_inputs, printable, resolve_batch_pixels
+from .model import DEFAULT_BACKBONE, OFFICIAL_SCALE, PRECISIONS, QualiCLIP, random_official_checkpoint, resolve_weights
 from .core import writes, csv_or_parts
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
@@ -142,7 +141,7 @@ class _Files(Dataset):
 def score_files(paths, # image files, folders, glob patterns or file lists (.txt, .lst, .parquet with a path column)
                 scorer, # a scorer (see `get_scorer`)
                 batch_size:int=16, # most images per forward pass (images of equal size only)
-                batch_pixels:int|None=2**24, # most pixels per forward pass: large images get smaller batches, one alone if need be (None: no budget)
+                batch_pixels:int|None=None, # most pixels per forward pass: large images get smaller batches, one alone if need be (None: the device's default, `files.default_batch_pixels`; 0: no budget)
                 max_pixels:int|None=40_000_000, # at native resolution, larger images get an error row instead of exhausting memory (None: no limit)
                 workers:int=0, # DataLoader worker processes decoding images (0: in the main process)
                 resize_short:int|None=None, # resize the shorter side to this many pixels (None: native resolution)
@@ -163,37 +162,25 @@ def score_files(paths, # image files, folders, glob patterns or file lists (.txt
         raise ValueError(f"{getattr(scorer, 'name', 'this model')} has no image embedding; embeddings=True needs a CLIP-based scorer.")
     emb = {}
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
+    batch_pixels = resolve_batch_pixels(batch_pixels, dev)
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short, max_pixels), batch_size=None, shuffle=False,
                     num_workers=workers, collate_fn=as_is,
                     prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                     persistent_workers=False)
-    buckets, held, held_px, pending = OrderedDict(), 0, 0, []
-    cap, cap_px = max_buffered or 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
+
+    def run(x): return tuple(t.detach() for t in scorer.score_and_embed(x)) if embeddings else scorer.score_batch(x).detach()
 
     def fail(idx, e):
         for j in idx: rows[j]['error'] = f"{rows[j]['path']}: {str(e) or type(e).__name__}"
 
-    def collect():  # scores stay on the device until here, so decoding and stacking overlap the forward passes
-        for idx, s in pending:
-            try:
-                if embeddings: s, f = s; emb.update(zip(idx, f.float().cpu().numpy()))
-                vals = s.float().cpu().tolist()
-            except Exception as e: fail(idx, e); continue
-            for j, v in zip(idx, vals):
-                if math.isfinite(v): rows[j]['score'] = v
-                else: rows[j]['error'] = (f"{rows[j]['path']}: the model gave a non-finite score ({v}); "
-                                          "check the checkpoint (NaN or inf weights?).")
-        pending.clear()
+    def take(idx, s):  # scores stay on the device until here, so decoding and stacking overlap the forward passes
+        if embeddings: s, f = s; emb.update(zip(idx, f.float().cpu().numpy()))
+        for j, v in zip(idx, s.float().cpu().tolist()):
+            if math.isfinite(v): rows[j]['score'] = v
+            else: rows[j]['error'] = (f"{rows[j]['path']}: the model gave a non-finite score ({v}); "
+                                      "check the checkpoint (NaN or inf weights?).")
 
-    def flush(key):
-        nonlocal held, held_px
-        idx, imgs = zip(*buckets.pop(key)); held -= len(idx); held_px -= len(idx) * key[0] * key[1]
-        buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
-        x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)  # (B,3,H,W) view in channels_last layout: no copy
-        try: pending.append((idx, tuple(t.detach() for t in scorer.score_and_embed(x)) if embeddings else scorer.score_batch(x).detach()))
-        except Exception as e: fail(idx, e)
-        if len(pending) >= 8: collect()
-        return len(idx)
+    batcher = SizeBatcher(run, take, fail, batch_size, batch_pixels, max_buffered, dev)
 
     interrupted = False
     with tqdm(total=len(todo), disable=not progress, desc=f'scoring ({getattr(scorer, "name", "model")})', unit='img') as bar:
@@ -202,16 +189,12 @@ def score_files(paths, # image files, folders, glob patterns or file lists (.txt
                 j = todo[k]
                 if err: rows[j]['error'] = err; bar.update(); continue
                 rows[j]['width'], rows[j]['height'] = w, h
-                key = tuple(img.shape[:2]); buckets.setdefault(key, []).append((j, img)); held += 1; held_px += key[0] * key[1]
-                if len(buckets[key]) >= batch_capacity(*key, batch_size, batch_pixels): bar.update(flush(key))
-                elif held > cap or held_px > cap_px:
-                    bar.update(flush(max(buckets, key=lambda q: len(buckets[q]) * q[0] * q[1])))
-            for key in list(buckets): bar.update(flush(key))
-            collect(); bar.update(len(todo) - bar.n)
+                bar.update(batcher.add(j, img))
+            batcher.finish(); bar.update(len(todo) - bar.n)
         except KeyboardInterrupt:
             if not keep_on_interrupt: raise
             interrupted = True
-            try: collect()   # what was computed before the interruption is kept
+            try: batcher.collect()   # what was computed before the interruption is kept
             except KeyboardInterrupt: pass
             for r in rows:
                 if not r['error'] and not math.isfinite(r['score']): r['error'] = INTERRUPTED
@@ -254,7 +237,7 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
               device:str='auto', # auto, cpu, cuda, cuda:N
               precision:str='auto', # image tower: auto (CUDA bf16, CPU fp32: exact), fp32, bf16 (fast on CPUs with AMX/AVX-512 bf16), fp16
               batch_size:int=16, # most images per forward pass (images of equal size only)
-              batch_pixels:int=2**24, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); 0: no budget
+              batch_pixels:int|None=None, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); default 2**24 on a GPU, 2**22 on the CPU; 0: no budget
               max_pixels:int=40_000_000, # at native resolution, larger images get an error row instead of exhausting memory; 0: no limit
               workers:int=0, # processes decoding images
               resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native resolution)
@@ -297,9 +280,9 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
         from qualiclip.shards import score_to_parts, weights_id
         return score_to_parts(paths, scorer, out, weights_id(weights, pretrained, prompts, niqe_params), embeddings=embeddings,
                               files_per_part=files_per_part, rank=rank, world_size=world_size, recursive=recursive, batch_size=batch_size,
-                              batch_pixels=batch_pixels or None, max_pixels=max_pixels or None, workers=workers, resize_short=resize_short)
+                              batch_pixels=batch_pixels, max_pixels=max_pixels or None, workers=workers, resize_short=resize_short)
     df = score_files(paths, scorer, batch_size=batch_size, workers=workers, resize_short=resize_short,
-                     batch_pixels=batch_pixels or None, max_pixels=max_pixels or None,
+                     batch_pixels=batch_pixels, max_pixels=max_pixels or None,
                      recursive=recursive, progress=True, keep_on_interrupt=True)
     df['path'] = df.path.map(printable)   # file names that are not UTF-8: their bytes as \\xNN, the CSV stays UTF-8
     df['error'] = df.error.map(printable)
@@ -326,7 +309,6 @@ def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     quality:int=90, # JPEG quality
                    ) -> list[Path]:
     "Write `n` synthetic photo-like JPEG files and return their paths."
-    from PIL import Image
     g = torch.Generator().manual_seed(seed); out = []
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -442,30 +424,35 @@ def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   batch_size:int=16, # `qualiclip score --batch-size`
                   workers:int=1, # `qualiclip score --workers`
                   precisions:list[str]=['fp32', 'bf16'], # `qualiclip score --precision` values to time
+                  batch_pixels:list[int]=[], # also time these `--batch-pixels` values with each precision (0: no budget; the CPU's default always runs)
                  ) -> int:
-    "Seconds and images/s of whole `qualiclip score --device cpu` processes (per precision) against the one-image-at-a-time path."
-    import subprocess
+    "Seconds, images/s and peak memory of whole `qualiclip score --device cpu` processes (per precision and pixel budget) against the one-image-at-a-time path."
     exe = [sys.executable, '-m', 'qualiclip.cli', 'score']
     rows = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d); files = [str(f) for f in synthetic_jpegs(d/'imgs', n, width, height)]
-        from qualiclip.model import random_official_checkpoint
         ck = str(random_official_checkpoint(d/'ck.pth', backbone, seed=0))
         env = dict(os.environ, HF_HUB_OFFLINE='1')
         runs = [('one image at a time (fp32)', [sys.executable, '-m', 'qualiclip.scoring', ck, str(d/'base.csv'), *files], d/'base.csv')]
-        runs += [(f'qualiclip score --precision {p}', [*exe, str(d/'imgs'), '--weights', ck, '--device', 'cpu', '--precision', p,
-                  '--batch-size', str(batch_size), '--workers', str(workers), '--out', str(d/f'{p}.csv')], d/f'{p}.csv') for p in precisions]
-        print(f"bench cpu-score: {n} JPEGs {width}x{height}, {backbone} random weights, {os.cpu_count()} CPUs, whole processes")
+        for p in precisions:
+            for bp in [None, *batch_pixels]:
+                opt, tag = ([], 'default') if bp is None else (['--batch-pixels', str(bp)], str(bp))
+                runs.append((f'qualiclip score --precision {p}' + (f' --batch-pixels {bp}' if opt else ''),
+                             [*exe, str(d/'imgs'), '--weights', ck, '--device', 'cpu', '--precision', p, *opt, '--batch-size', str(batch_size),
+                              '--workers', str(workers), '--out', str(d/f'{p}-{tag}.csv')], d/f'{p}-{tag}.csv'))
+        cpu = cpu_info()
+        print(f"bench cpu-score: {n} JPEGs {width}x{height}, {backbone} random weights, whole processes; CPU {cpu['cpu']} "
+              f"({cpu['cores']} cores, flags {' '.join(cpu['flags']) or 'none of avx2/avx512/amx'}); default --batch-pixels on the CPU {CPU_BATCH_PIXELS}")
         for name, cmd, out in runs:
-            t0 = time.perf_counter(); r = subprocess.run(cmd, env=env, capture_output=True, text=True); dt = time.perf_counter() - t0
-            if r.returncode: print(r.stderr[-2000:], file=sys.stderr); return 1
-            rows.append({'path': name, 'seconds': round(dt, 2), 'images_per_s': round(n / dt, 3),
-                         'scores': pd.read_csv(out).score.to_numpy()})
+            r = run_measured(cmd, env)
+            if r['returncode']: print(r['stderr'], file=sys.stderr); return 1
+            rows.append({'path': name, 'seconds': round(r['seconds'], 2), 'images_per_s': round(n / r['seconds'], 3),
+                         'peak_rss_mib': round(r['peak_rss_mib']), 'scores': pd.read_csv(out).score.to_numpy()})
     base = rows[0]
     for r in rows: r['speedup'] = round(base['seconds'] / r['seconds'], 2); r['max_abs_diff'] = float(np.abs(r.pop('scores') - base['scores']).max()) if r is not base else 0.0
     base.pop('scores', None)
     print(pd.DataFrame(rows).to_string(index=False))
-    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, 'rows': rows}))
+    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, **cpu, 'rows': rows}))
     return 0
 
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'scoring.py': _baseline_main(sys.argv[1:])
