@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side, state_sha256,
                             demo_photo, write_demo_photos, ImageReadError)
-from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum
+from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum, build_demo_dataset
 from .metrics import correlations, plcc, srcc
-from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP
+from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP, resolve_weights
 from .niqe import niqe_scorer
-from .scoring import get_scorer, register_scorer, score_files, set_precision
+from .scoring import get_scorer, register_scorer, score_files, set_precision, synthetic_jpegs
 from .core import writes
 
 # %% auto #0
@@ -337,7 +337,6 @@ def evaluate_cmd(dataset:str, # dataset name (see `qualiclip prepare --help`), e
     "Evaluate a model on an IQA dataset: per-image scores and correlations with the human scores."
     kw = dict(niqe_params=niqe_params) if model == 'niqe' else dict(prompts=prompts) if model == 'qualiclip+' else {}
     if model != 'niqe':
-        from qualiclip.model import resolve_weights
         try: weights = resolve_weights(weights)   # 'released': the authors' checkpoint, fetched once and checked
         except (OSError, ValueError, RuntimeError) as e: print(f"qualiclip evaluate: error: {e}", file=sys.stderr); return 2
     src = {'weights': weights, 'pretrained': pretrained if pretrained and Path(pretrained).exists() else None, **kw}
@@ -365,9 +364,6 @@ def bench_models_cmd(n:int=32, # synthetic 1024x768 JPEGs (and at most this many
                      height:int=768, # synthetic image height
                     ) -> int:
     "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line."
-    from qualiclip.core import write_demo_photos
-    from qualiclip.datasets import build_demo_dataset
-    from qualiclip.scoring import synthetic_jpegs
     rows = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
