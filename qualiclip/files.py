@@ -87,7 +87,7 @@ def check_pixels(p:str|Path, # an image file
 
 # %% ../nbs/03b_files.ipynb #262fd07a
 BATCH_PIXELS = 2**24       # pixels of one forward pass on a GPU (16.8 MP): a 12 MP photo alone, sixteen 1 MP images together
-CPU_BATCH_PIXELS = 2**22   # on the CPU (4.2 MP: five 1024x768 images): activations live in the host's memory, and smaller batches run as fast
+CPU_BATCH_PIXELS = 2**20   # on the CPU (1 MP: one 1024x768 image, five 512x384): activations (~190 MB per 1024x768 image for RN50 fp32) live in the host's memory
 
 def default_batch_pixels(device='cpu', # where the forward passes run: a torch.device or its name
                         ) -> int:
@@ -118,7 +118,7 @@ def check_options(batch_size:int=1, # most images per forward pass: at least 1
     for name, v, zero in [('batch-pixels', batch_pixels, 'no budget'), ('max-pixels', max_pixels, 'no limit'), ('workers', workers, 'decode in this process')]:
         if v is not None and v < 0: raise ValueError(f"--{name} {v}: give a number >= 0 (0: {zero}).")
 
-# %% ../nbs/03b_files.ipynb #3bef824a
+# %% ../nbs/03b_files.ipynb #b6337bc2
 class SizeBatcher:
     "Batches of equal-size images, at most `batch_size` images and `batch_pixels` pixels each, run as they fill."
     def __init__(self, run, # run(x): the outputs, left on the device, of a (B,3,H,W) uint8 batch (channels-last view)

@@ -237,7 +237,7 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
               device:str='auto', # auto, cpu, cuda, cuda:N
               precision:str='auto', # image tower: auto (CUDA bf16, CPU fp32: exact), fp32, bf16 (fast on CPUs with AMX/AVX-512 bf16), fp16
               batch_size:int=16, # most images per forward pass (images of equal size only)
-              batch_pixels:int|None=None, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); default 2**24 on a GPU, 2**22 on the CPU; 0: no budget
+              batch_pixels:int|None=None, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); default 2**24 on a GPU, 2**20 on the CPU; 0: no budget
               max_pixels:int=40_000_000, # at native resolution, larger images get an error row instead of exhausting memory; 0: no limit
               workers:int=0, # processes decoding images
               resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native resolution)
