@@ -73,7 +73,7 @@ SUMMARIES = {   # command -> the first line of its function's docstring (a test 
     'models': 'List the scorers `qualiclip score --model` and `create_metric` take: what each needs and which way is better.',
     'bench score': 'Images/s end to end (read, decode, score) next to the model-only rate, same device, same run; JSON last line.',
     'export': 'Export a QualiCLIP checkpoint to one ONNX graph (uint8 RGB pixels -> scores, any batch and size) for ONNX Runtime.',
-    'bench cpu-score': 'Seconds and images/s of whole `qualiclip score --device cpu` processes (torch per precision, ONNX Runtime fp32/int8) against the one-image-at-a-time path.',
+    'bench cpu-score': 'Seconds, images/s and peak memory of whole `qualiclip score --device cpu` processes (torch per precision and pixel budget, ONNX Runtime fp32/int8) against the one-image-at-a-time path.',
     'bench models': "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line.",
     'distort': 'Distort one image with one type at one level and save it.',
     'distortion-grid': 'Save the 24 x 5 grid of one image under every type and level.',
@@ -488,7 +488,7 @@ def _grouped() -> list[tuple[str, str, list[str]]]:
 def _usage(docs:bool=False, # one line per command (`SUMMARIES`), else names only
           ) -> str:
     "The list of commands, grouped by use."
-    import shutil, textwrap
+    import shutil
     lines = ['usage: qualiclip <command> [options]   (qualiclip <command> --help for its options)']
     if not docs:
         for g, what, names in _grouped(): lines.append(f'  {g + ":":<10} ' + ', '.join(names))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, io, json, os, random, sys, tempfile, time, warnings, zipfile
+import contextlib, glob, io, json, os, platform, random, subprocess, sys, tempfile, time, warnings, zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -13,13 +13,13 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root', 'resolve',
-           'load_params', 'seed_everything', 'get_device', 'make_generator', 'sync_device', 'timed', 'state_sha256',
-           'OutputError', 'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder',
-           'writes', 'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError',
-           'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
-           'list_images', 'pool_archive_members', 'zip_images', 'read_member', 'start_trace', 'demo_photo',
-           'write_demo_photos', 'demo_images', 'demo_folder']
+__all__ = ['PRECISIONS', 'FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root',
+           'resolve', 'load_params', 'seed_everything', 'get_device', 'make_generator', 'autocast_dtype', 'sync_device',
+           'timed', 'rate', 'state_sha256', 'cpu_info', 'run_measured', 'OutputError', 'folder_mark', 'mark_folder',
+           'file_kind', 'check_output', 'check_report', 'output_folder', 'writes', 'csv_or_parts', 'check_outputs',
+           'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil',
+           'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'pool_archive_members',
+           'zip_images', 'read_member', 'start_trace', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -98,6 +98,23 @@ def make_generator(seed:int, # the seed
     "A seeded `torch.Generator` on `device`."
     g = torch.Generator(device=get_device(device)); g.manual_seed(int(seed)); return g
 
+# %% ../nbs/00_core.ipynb #b414b9cd
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')   # the `precision` settings of scoring and training
+
+def autocast_dtype(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
+                   device:str|torch.device='cuda', # where the computation runs: a torch.device or its name
+                   bf16:bool|None=None, # whether that CUDA device computes in bf16 (None: ask torch)
+                  ) -> torch.dtype|None:
+    "The autocast dtype of scoring and training alike (None: fp32, no autocast)."
+    if precision not in PRECISIONS: raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    dev = torch.device(device)
+    if precision == 'fp32' or (precision == 'auto' and dev.type != 'cuda'): return None
+    if precision == 'auto':
+        if bf16 is None:
+            with torch.cuda.device(dev): bf16 = torch.cuda.is_bf16_supported()
+        precision = 'bf16' if bf16 else 'fp16'
+    return torch.bfloat16 if precision == 'bf16' else torch.float16
+
 # %% ../nbs/00_core.ipynb #7bebdafb
 def sync_device(dev:str|torch.device, # the device whose queued work to wait for
                ) -> None:
@@ -112,11 +129,22 @@ def timed(fn, # callable doing the work, e.g. scoring `n` images
           dev:str|torch.device, # device `fn` runs on (synchronised before each clock read)
          ) -> float:
     "Items per second of `fn` (which handles `n` items), repeated until `seconds` have passed (at least once)."
-    sync_device(dev); t0 = time.perf_counter(); done = 0
+    return rate(fn, n, seconds, dev)[0]
+
+def rate(fn, # callable doing the work, e.g. one training step
+         per_call:int, # items one call of `fn` handles
+         seconds:float|None, # call `fn` until this many seconds have passed (None or 0: once)
+         dev:str|torch.device, # device `fn` runs on (synchronised before each clock read)
+         min_calls:int=1, # at least this many calls
+         max_calls:int|None=None, # at most this many calls (None: no limit)
+        ) -> tuple[float, int, float]:
+    "(items per second, calls, seconds) of calling `fn` until `seconds` have passed: the one timer of every benchmark."
+    sync_device(dev); t0 = time.perf_counter(); calls = 0
     while True:
-        fn(); done += n; sync_device(dev)
+        fn(); calls += 1; sync_device(dev)
         el = time.perf_counter() - t0
-        if not seconds or el >= seconds: return done / el
+        if calls >= min_calls and (not seconds or el >= seconds or (max_calls is not None and calls >= max_calls)):
+            return per_call * calls / el, calls, el
 
 # %% ../nbs/00_core.ipynb #b2cd400c
 def state_sha256(scorer, # a model or scorer (anything with `state_dict`), or a NIQE scorer (its `model.mu`, `model.cov`)
@@ -130,6 +158,34 @@ def state_sha256(scorer, # a model or scorer (anything with `state_dict`), or a 
         for a in (niqe.mu, niqe.cov): h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     else: return None
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #aff90619
+def cpu_info() -> dict:
+    "The CPU that CPU figures were measured on: model name, its vector and matrix flags (avx2, avx512f, avx512_bf16, amx*), cores."
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            k, _, v = line.partition(':')
+            if k.strip() == 'model name': name = v.strip()
+            if k.strip() == 'flags': flags = set(v.split()); break
+    except OSError: pass
+    keep = sorted(f for f in flags if f in ('avx2', 'avx512f', 'avx512_bf16') or f.startswith('amx'))
+    return {'cpu': name, 'flags': keep, 'cores': os.cpu_count()}
+
+_PEAK = ("import os, subprocess, sys\np = subprocess.Popen(sys.argv[2:]); _, st, ru = os.wait4(p.pid, 0)\n"
+         "open(sys.argv[1], 'w').write(str(ru.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(st))")
+
+def run_measured(cmd:list[str], # the command line of a whole process
+                 env:dict|None=None, # its environment (None: this one's)
+                ) -> dict:
+    "Run a process to its end: exit code, wall seconds, peak resident memory in MiB (its own or its largest child's), stderr's tail."
+    # started by a small Python that reports its rusage: a process forked from this one would inherit our peak
+    with tempfile.TemporaryDirectory() as d, open(Path(d)/'err', 'w+b') as err:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, '-I', '-S', '-c', _PEAK, str(Path(d)/'rss'), *map(str, cmd)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        dt = time.perf_counter() - t0; err.seek(0); kb = (Path(d)/'rss').read_text() if (Path(d)/'rss').is_file() else 'nan'
+        return {'returncode': r.returncode, 'seconds': dt, 'peak_rss_mib': float(kb) / (2**20 if sys.platform == 'darwin' else 2**10),
+                'stderr': err.read().decode(errors='replace')[-2000:]}
 
 # %% ../nbs/00_core.ipynb #f92674dc
 def _temp_affixes(path:Path) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import scipy.io as sio
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator
+from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator, DEMO_PHOTOS
 from .core import OutputError, check_output, writes
 
 # %% auto #0
@@ -90,6 +90,7 @@ class DatasetSpec:
     homepage:str='' # where the owners publish it (licence, request forms)
     contents:dict=field(default_factory=dict) # filename -> top-level paths it unpacks to (relative to the root)
     note:str='' # pitfalls and conventions
+    miniature:Callable|None=None # (root, n, seed) -> None: writes a tiny copy in the owners' layout (`miniature`: tests and stand-ins)
 
     def manual_help(self, root:str|Path) -> str:
         "How to put the files in place by hand."
@@ -179,14 +180,45 @@ def _matstr(x) -> str:
 
 def _loadmat(f:Path) -> dict:
     "scipy.io.loadmat with a clear error."
-    from scipy.io import loadmat
-    try: return loadmat(f)
+    try: return sio.loadmat(f)
     except Exception as e: raise DatasetError(f"{f}: cannot read the MATLAB file ({e}); download it again.") from None
 
 def _matvar(d:dict, key:str, f:Path):
     "A variable of a loaded .mat file, with a clear error."
     if key not in d: raise DatasetError(f"{f}: no variable {key!r} (found {[k for k in d if not k.startswith('__')]}).")
     return d[key]
+
+# %% ../nbs/06_datasets.ipynb #a000acdb
+_PHOTO_CACHE = {}
+_MINI_SIZE = {'h': 48, 'w': 64}   # size of the miniatures' images; `miniature(..., size=)` sets it while it builds
+
+def _tiny(i:int, h:int|None=None, w:int|None=None) -> np.ndarray:
+    "A tiny uint8 RGB crop of a package photo, different for each i."
+    h, w = h or _MINI_SIZE['h'], w or _MINI_SIZE['w']
+    names = sorted(DEMO_PHOTOS); nm = names[i % len(names)]
+    if nm not in _PHOTO_CACHE: _PHOTO_CACHE[nm] = demo_photo(nm)
+    a = _PHOTO_CACHE[nm]; H, W = a.shape[:2]
+    k = i // len(names); s = min(H, W*h//w) // (1 + k % 3)
+    y, x = (H - s)//2, (W - s*w//h)//2
+    crop = a[max(y, 0):max(y, 0)+s, max(x, 0):max(x, 0)+s*w//h]
+    return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+
+def _degrade(a:np.ndarray, k:int, rng) -> np.ndarray:
+    "A crude seeded degradation (noise + darkening) for miniature distorted images."
+    b = a.astype(float)*(1 - 0.1*k) + rng.normal(0, 8*k, a.shape)
+    return np.clip(b, 0, 255).astype(np.uint8)
+
+def _save(a:np.ndarray, p:Path, **kw) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(p, **kw)
+
+def _scores(rng, n:int, lo:float, hi:float) -> np.ndarray:
+    return np.round(rng.uniform(lo, hi, n), 4)
+
+def _cell(names:list, shape=None) -> np.ndarray:
+    "A MATLAB cell array of strings for savemat."
+    c = np.empty((len(names), 1) if shape is None else shape, dtype=object)
+    c.ravel()[:] = names
+    return c
 
 # %% ../nbs/06_datasets.ipynb #e83b7c2e
 _SETS = {'training': 'train', 'train': 'train', 'validation': 'val', 'val': 'val', 'valid': 'val',
@@ -207,6 +239,16 @@ def _parse_koniq(root:Path) -> pd.DataFrame:
         out['split'] = [m.get(str(n), np.nan) for n in df.image_name]
     return out
 
+def _mini_koniq(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    names = [f'{v}.jpg' for v in rng.integers(10**9, 10**10, n)]
+    for i, nm in enumerate(names): _save(_tiny(i), r/'koniq10k_1024x768'/'1024x768'/nm, quality=90)
+    c = rng.integers(0, 30, (n, 5)); mos = _scores(rng, n, 1, 5)
+    base = pd.DataFrame({'image_name': names, **{f'c{j+1}': c[:, j] for j in range(5)}, 'c_total': c.sum(1), 'MOS': mos,
+                         'SD': _scores(rng, n, 0.3, 1)})
+    base.assign(MOS_zscore=np.round((mos - 1)/4*100, 3)).to_csv(r/'koniq10k_scores_and_distributions.csv', index=False)
+    base.assign(set=[('training', 'validation', 'test')[i % 3] for i in range(n)]).to_csv(r/'koniq10k_distributions_sets.csv', index=False)
+
 register(DatasetSpec(
     'koniq10k', 'KonIQ-10k', 'authentic',
     [('koniq10k_1024x768.zip', 'https://datasets.vqa.mmsp-kn.de/archives/koniq10k_1024x768.zip', None),
@@ -215,7 +257,7 @@ register(DatasetSpec(
     "  koniq10k_1024x768/1024x768/<image_name>.jpg   (10,073 JPEGs)\n"
     "  koniq10k_scores_and_distributions.csv          (image_name, c1..c5, c_total, MOS, SD, MOS_zscore)\n"
     "  koniq10k_distributions_sets.csv                (official split: set = training/validation/test)",
-    True, (1., 5.), _parse_koniq, official_split=True, homepage='http://database.mmsp-kn.de/koniq-10k-database.html',
+    True, (1., 5.), _parse_koniq, miniature=_mini_koniq, official_split=True, homepage='http://database.mmsp-kn.de/koniq-10k-database.html',
     contents={'koniq10k_1024x768.zip': ['koniq10k_1024x768'],
               'koniq10k_scores_and_distributions.zip': ['koniq10k_scores_and_distributions.csv'],
               'koniq10k_distributions_sets.csv': ['koniq10k_distributions_sets.csv']},
@@ -240,6 +282,18 @@ def _parse_clive(root:Path) -> pd.DataFrame:
     res = _Resolver(_need_dir(base, ['Images'], 'clive'))
     return pd.DataFrame({'path': [res(n) for n in names], 'mos': mos, 'mos_std': std})[keep].reset_index(drop=True)
 
+def _mini_clive(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    b = r/'ChallengeDB_release'
+    tr = [f't{k}.bmp' for k in range(1, 8)]
+    names = [f'{100 + i}.{"bmp" if i % 2 else "JPG"}' for i in range(n)]
+    for i, nm in enumerate(tr): _save(_tiny(i + 50), b/'Images'/'trainingImages'/nm)
+    for i, nm in enumerate(names): _save(_tiny(i), b/'Images'/nm, **({'format': 'JPEG'} if nm.endswith('JPG') else {}))
+    (b/'Data').mkdir(parents=True)
+    sio.savemat(b/'Data'/'AllImages_release.mat', {'AllImages_release': _cell(tr + names)})
+    sio.savemat(b/'Data'/'AllMOS_release.mat', {'AllMOS_release': _scores(rng, n + 7, 0, 100)[None]})
+    sio.savemat(b/'Data'/'AllStdDev_release.mat', {'AllStdDev_release': _scores(rng, n + 7, 5, 25)[None]})
+
 register(DatasetSpec(
     'clive', 'CLIVE (LIVE In the Wild Image Quality Challenge)', 'authentic',
     [('ChallengeDB_release.zip', 'https://live.ece.utexas.edu/research/ChallengeDB/ChallengeDB_release.zip', None)],
@@ -248,7 +302,7 @@ register(DatasetSpec(
     "  ChallengeDB_release/Data/AllImages_release.mat   (AllImages_release: 1,169 names, t1..t7 first)\n"
     "  ChallengeDB_release/Data/AllMOS_release.mat      (AllMOS_release)\n"
     "  ChallengeDB_release/Data/AllStdDev_release.mat   (AllStdDev_release)",
-    True, (0., 100.), _parse_clive, homepage='https://live.ece.utexas.edu/research/ChallengeDB/index.html',
+    True, (0., 100.), _parse_clive, miniature=_mini_clive, homepage='https://live.ece.utexas.edu/research/ChallengeDB/index.html',
     contents={'ChallengeDB_release.zip': ['ChallengeDB_release']},
     note="The 7 training images t1..t7 are dropped after pairing names with MOS."))
 
@@ -276,6 +330,20 @@ def _parse_flive(root:Path) -> pd.DataFrame:
             out['split'] = ['test' if n in tset else 'val' if n in vset else 'train' for n in df[ncol].astype(str)]
     return out
 
+def _mini_flive(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    subs = ['voc_emotic_ava', 'blur_dataset', 'EE371R', 'AVA__']
+    names = [f'{subs[i % 4]}/{1000 + i}.jpg' if i % 4 != 3 else f'voc_emotic_ava/AVA__{2000 + i}.jpg' for i in range(n)]
+    for i, nm in enumerate(names): _save(_tiny(i), r/'database'/nm, quality=90)
+    mos = _scores(rng, n, 0, 100)
+    pd.DataFrame({'name': names, 'mos': mos, 'height': _MINI_SIZE['h'], 'width': _MINI_SIZE['w']}).to_csv(r/'labels_image.csv', index=False)
+    patches = [f'{Path(nm).parent}/{Path(nm).stem}_patch_{k}.jpg' for nm in names for k in range(3)]
+    pd.DataFrame({'name': patches, 'mos': _scores(rng, len(patches), 0, 100)}).to_csv(r/'labels_patch.csv', index=False)
+    k = max(1, n//5)
+    pd.DataFrame({'name_image': names[:k], 'mos_image': mos[:k]}).to_csv(r/'labels640.csv', index=False)
+    pd.DataFrame({'name_image': names[k:], 'mos_image': mos[k:], 'is_valid': [i < k for i in range(n - k)]}).to_csv(
+        r/'labels<=640_padded.csv', index=False)
+
 register(DatasetSpec(
     'flive', 'FLIVE (PaQ-2-PiQ)', 'authentic',
     [('FLIVE_Database.zip', None, None)],
@@ -283,7 +351,7 @@ register(DatasetSpec(
     "  labels_image.csv                (name, mos, ...; names relative to database/)\n"
     "  labels_patch.csv                (patch scores: not used)\n"
     "  labels640.csv, labels<=640_padded.csv   (official split: test list; train/val with is_valid)",
-    True, (0., 100.), _parse_flive, official_split=True, homepage='https://baidut.github.io/PaQ-2-PiQ/',
+    True, (0., 100.), _parse_flive, miniature=_mini_flive, official_split=True, homepage='https://baidut.github.io/PaQ-2-PiQ/',
     contents={'FLIVE_Database.zip': ['database', 'labels_image.csv', 'labels_patch.csv', 'labels640.csv', 'labels<=640_padded.csv']},
     note="Patch rows are never mixed with image rows."))
 
@@ -301,12 +369,25 @@ def _parse_spaq(root:Path) -> pd.DataFrame:
         if c in df: out[c] = _floats(df[c], f, c, df['Image name'])
     return out
 
+def _mini_spaq(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    names = [f'{i+1:05d}.jpg' for i in range(n)]
+    for i, nm in enumerate(names):
+        img = Image.fromarray(_tiny(i)); (r/'TestImage').mkdir(parents=True, exist_ok=True)
+        if i == 0:   # stored landscape, EXIF says rotate 90 degrees: upright it is portrait
+            ex = Image.Exif(); ex[0x0112] = 6; img.save(r/'TestImage'/nm, exif=ex.tobytes(), quality=90)
+        else: img.save(r/'TestImage'/nm, quality=90)
+    (r/'Annotations').mkdir()
+    pd.DataFrame({'Image name': names, 'MOS': _scores(rng, n, 0, 100),
+                  **{c: _scores(rng, n, 0, 100) for c in ('Brightness', 'Colorfulness', 'Contrast', 'Noisiness', 'Sharpness')}}
+                ).to_excel(r/_SPAQ_XLSX, index=False)
+
 register(DatasetSpec(
     'spaq', 'SPAQ (Smartphone Photography Attribute and Quality)', 'authentic',
     [('TestImage.zip', None, None), ('Annotations.zip', None, None)],
     "  TestImage/<00001.jpg ...>                               (11,125 JPEGs, EXIF orientation)\n"
     "  Annotations/MOS and Image attribute scores.xlsx        (Image name, MOS, Brightness, ...)",
-    True, (0., 100.), _parse_spaq, homepage='https://github.com/h4nwei/SPAQ',
+    True, (0., 100.), _parse_spaq, miniature=_mini_spaq, homepage='https://github.com/h4nwei/SPAQ',
     contents={'TestImage.zip': ['TestImage'], 'Annotations.zip': ['Annotations']},
     note="resize_short=512: load with EXIF orientation applied, shorter side resized to 512."))
 
@@ -337,6 +418,28 @@ def _parse_live(root:Path) -> pd.DataFrame:
                         'dist_param': [params.get(e, np.nan) for e in entries]})
     return out[orgs != 1].reset_index(drop=True)
 
+_LIVE_REFS = ['bikes.bmp', 'building2.bmp', 'buildings.bmp', 'caps.bmp', 'carnivaldolls.bmp', 'cemetry.bmp',
+              'churchandcapitol.bmp', 'coinsinfountain.bmp', 'dancers.bmp', 'flowersonih35.bmp']
+
+def _mini_live(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    b = r/'databaserelease2'
+    entries = [(fo, f'img{i}.bmp') for fo, k in LIVE_FOLDERS for i in range(1, k+1)]
+    N = len(entries); dmos = np.zeros(N); orgs = np.ones(N, int); refs = [_LIVE_REFS[0]]*N
+    pick = np.sort(rng.choice(N, 2*n, replace=False))
+    refs_used = [_LIVE_REFS[i % len(_LIVE_REFS)] if i < len(_LIVE_REFS) else f'ref{i}.bmp' for i in range(n)]
+    for i, ref in enumerate(refs_used): _save(_tiny(i), b/'refimgs'/ref)
+    info = {}
+    for j, e in enumerate(pick):
+        fo, nm = entries[e]; ri = j % n
+        orgs[e] = 0; dmos[e] = _scores(rng, 1, 1, 100)[0]; refs[e] = refs_used[ri]
+        _save(_degrade(_tiny(ri), 1 + j % 3, rng), b/fo/nm)
+        info.setdefault(fo, []).append(f'{refs_used[ri]} {nm} {rng.uniform(0, 2):.4f}')
+    for fo, _ in LIVE_FOLDERS:
+        (b/fo).mkdir(parents=True, exist_ok=True); (b/fo/'info.txt').write_text('\n'.join(info.get(fo, [])) + '\n')
+    sio.savemat(b/'dmos.mat', {'dmos': dmos[None], 'orgs': orgs[None].astype(float)})
+    sio.savemat(b/'refnames_all.mat', {'refnames_all': _cell(refs, (1, N))})
+
 register(DatasetSpec(
     'live', 'LIVE Image Quality Assessment Database Release 2', 'synthetic',
     [('databaserelease2.zip', None, None)],
@@ -344,7 +447,7 @@ register(DatasetSpec(
     "  databaserelease2/refimgs/<name>.bmp           (29 references)\n"
     "  databaserelease2/dmos.mat                     (dmos, orgs: 982 entries)\n"
     "  databaserelease2/refnames_all.mat             (refnames_all)",
-    False, (0., 100.), _parse_live, homepage='https://live.ece.utexas.edu/research/quality/subjective.htm',
+    False, (0., 100.), _parse_live, miniature=_mini_live, homepage='https://live.ece.utexas.edu/research/quality/subjective.htm',
     contents={'databaserelease2.zip': ['databaserelease2']},
     note="DMOS, lower is better; the reference entries (orgs == 1) are excluded."))
 
@@ -383,12 +486,28 @@ def _parse_csiq(root:Path) -> pd.DataFrame:
                          'ref': [rs(f'{str(i).strip().removesuffix(".0")}.png') for i in df.image],
                          'dist_type': types, 'dist_level': levs})
 
+def _mini_csiq(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    refs = ['1600', 'aerial_city', 'boston', 'bridge', 'butter_flower', 'cactus', 'child_swimming', 'couple']
+    refs = [refs[i] if i < len(refs) else f'img{i}' for i in range(n)]
+    rows, types = [], list(CSIQ_TYPES)
+    for i, ref in enumerate(refs):
+        _save(_tiny(i), r/'src_imgs'/f'{ref}.png')
+        for k in range(2):
+            t = types[(2*i + k) % len(types)]; lev = 1 + (i + k) % 5; folder, tag = CSIQ_TYPES[t]
+            _save(_degrade(_tiny(i), lev, rng), r/'dst_imgs'/folder/f'{ref}.{tag}.{lev}.png')
+            rows.append({'image': int(ref) if ref.isdigit() else ref, 'dst_idx': types.index(t) + 1, 'dst_type': t,
+                         'dst_lev': lev, 'dmos_std': _scores(rng, 1, 0, .2)[0], 'dmos': _scores(rng, 1, 0, 1)[0]})
+    with pd.ExcelWriter(r/'csiq.DMOS.xlsx') as w:
+        pd.DataFrame({'note': ['CSIQ DMOS']}).to_excel(w, sheet_name='note', index=False)
+        pd.DataFrame(rows).to_excel(w, sheet_name='all_by_image', index=False)
+
 register(DatasetSpec(
     'csiq', 'CSIQ', 'synthetic', [('CSIQ.zip', None, None)],
     "  dst_imgs/{awgn,jpeg,jpeg2000,fnoise,blur,contrast}/<image>.<TAG>.<level>.png   (866 images)\n"
     "  src_imgs/<image>.png                             (30 references)\n"
     "  csiq.DMOS.xlsx                                   (sheet all_by_image: image, dst_idx, dst_type, dst_lev, dmos_std, dmos)",
-    False, (0., 1.), _parse_csiq, homepage='https://s2.smu.edu/~eclarson/csiq.html',
+    False, (0., 1.), _parse_csiq, miniature=_mini_csiq, homepage='https://s2.smu.edu/~eclarson/csiq.html',
     contents={'CSIQ.zip': ['dst_imgs', 'src_imgs', 'csiq.DMOS.xlsx']},
     note="DMOS in 0-1, lower is better."))
 
@@ -409,13 +528,25 @@ def _parse_tid2013(root:Path) -> pd.DataFrame:
                          'ref': [rr(f'I{r}.BMP') for r, _, _ in m],
                          'dist_type': [int(t) for _, t, _ in m], 'dist_level': [float(l) for _, _, l in m]})
 
+def _mini_tid(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    lines, std = [], []
+    for i in range(n):
+        ref = f'I{i+1:02d}.BMP' if i + 1 != 25 else 'i25.bmp'
+        _save(_tiny(i), r/'reference_images'/ref, format='BMP')
+        for k in range(2):
+            nm = f'i{i+1:02d}_{(2*i + k) % 24 + 1:02d}_{(i + k) % 5 + 1}.bmp'
+            _save(_degrade(_tiny(i), 1 + k, rng), r/'distorted_images'/nm)
+            lines.append(f'{_scores(rng, 1, 0, 9)[0]:.5f} {nm}'); std.append(f'{_scores(rng, 1, .1, 1.5)[0]:.5f}')
+    (r/'mos_with_names.txt').write_text('\n'.join(lines) + '\n'); (r/'mos_std.txt').write_text('\n'.join(std) + '\n')
+
 register(DatasetSpec(
     'tid2013', 'TID2013', 'synthetic', [('tid2013.rar', 'https://www.ponomarenko.info/tid2013/tid2013.rar', None)],
     "  distorted_images/i01_01_1.bmp ...    (3,000 images: reference_type_level)\n"
     "  reference_images/I01.BMP ... i25.bmp (25 references)\n"
     "  mos_with_names.txt                   ('<mos> <name>' per line)\n"
     "  mos_std.txt                          (one value per line, same order)",
-    True, (0., 9.), _parse_tid2013, homepage='https://www.ponomarenko.info/tid2013.htm',
+    True, (0., 9.), _parse_tid2013, miniature=_mini_tid, homepage='https://www.ponomarenko.info/tid2013.htm',
     contents={'tid2013.rar': ['distorted_images', 'reference_images', 'mos_with_names.txt', 'mos_std.txt']},
     note="Distributed as .rar: unpack it by hand into the root."))
 
@@ -433,12 +564,23 @@ def _parse_kadid(root:Path) -> pd.DataFrame:
                          'dist_type': [int(x.group(2)) if x else np.nan for x in m],
                          'dist_level': [float(x.group(3)) if x else np.nan for x in m]})
 
+def _mini_kadid(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    b = r/'kadid10k'; rows = []
+    for i in range(n):
+        ref = f'I{i+1:02d}.png'; _save(_tiny(i), b/'images'/ref)
+        for k in range(2):
+            nm = f'I{i+1:02d}_{(2*i + k) % 25 + 1:02d}_{(i + k) % 5 + 1:02d}.png'
+            _save(_degrade(_tiny(i), 1 + k, rng), b/'images'/nm)
+            rows.append({'dist_img': nm, 'ref_img': ref, 'dmos': _scores(rng, 1, 1, 5)[0], 'var': _scores(rng, 1, .1, 1)[0]})
+    pd.DataFrame(rows).to_csv(b/'dmos.csv', index=False)
+
 register(DatasetSpec(
     'kadid10k', 'KADID-10k', 'synthetic',
     [('kadid10k.zip', 'https://datasets.vqa.mmsp-kn.de/archives/kadid10k.zip', None)],
     "  kadid10k/images/I01.png, I01_01_01.png ...   (81 references, 10,125 distorted)\n"
     "  kadid10k/dmos.csv                            (dist_img, ref_img, dmos, var)",
-    True, (1., 5.), _parse_kadid, homepage='http://database.mmsp-kn.de/kadid-10k-database.html',
+    True, (1., 5.), _parse_kadid, miniature=_mini_kadid, homepage='http://database.mmsp-kn.de/kadid-10k-database.html',
     contents={'kadid10k.zip': ['kadid10k']},
     note="`dmos` is an opinion score: higher is better despite the name."))
 
@@ -478,24 +620,48 @@ def _parse_kadis(root:Path) -> pd.DataFrame:
     if not files: raise DatasetError(f"{d}: no images; unpack kadis700k.zip so that kadis700k/ref_imgs/*.png exist.")
     return pd.DataFrame({'path': files, 'mos': np.nan})
 
+def _mini_agiqa(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    gens = ['AttnGAN_normal', 'midjourney_lowcorr', 'sd1.5_highstep', 'DALLE2_normal', 'glide_normal', 'stable-diffusion-xl_normal']
+    names = [f'{gens[i % len(gens)]}_{i:03d}.{"png" if i % 3 == 2 else "jpg"}' for i in range(n)]
+    for i, nm in enumerate(names): _save(_tiny(i), r/'AGIQA-3K'/nm)
+    pd.DataFrame({'name': names, 'prompt': ['a photo'] * n, 'adj1': 'nice', 'adj2': np.nan, 'style': 'photo',
+                  'mos_quality': _scores(rng, n, 0, 5), 'std_quality': _scores(rng, n, 0, 1),
+                  'mos_align': _scores(rng, n, 0, 5), 'std_align': _scores(rng, n, 0, 1)}).to_csv(r/'data.csv', index=False)
+
 register(DatasetSpec(
     'agiqa3k', 'AGIQA-3K', 'aigc', [('AGIQA-3K.zip', None, None), ('data.csv', None, None)],
     "  AGIQA-3K/<name>.jpg|.png   (2,982 generated images)\n"
     "  data.csv                   (name, prompt, adj1, adj2, style, mos_quality, std_quality, mos_align, std_align)",
-    True, (0., 5.), _parse_agiqa, homepage='https://github.com/lcysyzxdxc/AGIQA-3k-Database',
+    True, (0., 5.), _parse_agiqa, miniature=_mini_agiqa, homepage='https://github.com/lcysyzxdxc/AGIQA-3k-Database',
     contents={'AGIQA-3K.zip': ['AGIQA-3K'], 'data.csv': ['data.csv']}))
+
+def _mini_pipal(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        ref = f'A{i+1:04d}'; _save(_tiny(i), r/'Train_Ref'/f'{ref}.bmp')
+        lines = []
+        for k in range(2):
+            nm = f'{ref}_{k:02d}_{i % 10:02d}.bmp'; _save(_degrade(_tiny(i), 1 + k, rng), r/'Train_Dis'/nm)
+            lines.append(f'{nm},{_scores(rng, 1, 900, 1800)[0]:.4f}')
+        (r/'Train_Label').mkdir(exist_ok=True); (r/'Train_Label'/f'{ref}.txt').write_text('\n'.join(lines) + '\n')
+
 register(DatasetSpec(
     'pipal', 'PIPAL (training part)', 'restoration', [('PIPAL_train.zip', None, None)],
     "  Train_Dis/A0001_00_00.bmp ...   (23,200 distorted / restored images)\n"
     "  Train_Ref/A0001.bmp ...         (200 references)\n"
     "  Train_Label/A0001.txt ...       ('<name>,<elo score>' per line)",
-    True, (800., 1900.), _parse_pipal, homepage='https://www.jasongt.com/projectpages/pipal.html',
+    True, (800., 1900.), _parse_pipal, miniature=_mini_pipal, homepage='https://www.jasongt.com/projectpages/pipal.html',
     contents={'PIPAL_train.zip': ['Train_Dis', 'Train_Ref', 'Train_Label']}))
+
+def _mini_kadis(r, n, seed):   # the miniature in the owners' layout (`miniature`)
+    for i in range(n): _save(_tiny(i), r/'kadis700k'/'ref_imgs'/f'{"abcdefgh"[i % 8]}{i:05d}.png')
+
 register(DatasetSpec(
     'kadis700k', 'KADIS-700k (pristine references only)', 'pool',
     [('kadis700k.zip', 'https://datasets.vqa.mmsp-kn.de/archives/kadis700k.zip', None)],
     "  kadis700k/ref_imgs/<name>.png   (140,000 pristine images; dist_imgs/ is not needed)",
-    True, (np.nan, np.nan), _parse_kadis, homepage='http://database.mmsp-kn.de/kadid-10k-database.html',
+    True, (np.nan, np.nan), _parse_kadis, miniature=_mini_kadis, homepage='http://database.mmsp-kn.de/kadid-10k-database.html',
     contents={'kadis700k.zip': ['kadis700k']}, note="Training pool: no labels."))
 
 # %% ../nbs/06_datasets.ipynb #e2b2cf49
@@ -507,12 +673,16 @@ def _parse_demo(root:Path) -> pd.DataFrame:
                          'ref': [Path(root)/n for n in df.ref], 'dist_type': df.dist_type.values,
                          'dist_level': _floats(df.dist_level, f, 'dist_level', df.image)})
 
+def _mini_demo(r, n, seed):   # the miniature: `n` distortion types, 32 px
+    from qualiclip.distortions import DISTORTIONS
+    _build_demo(r, 'test', seed, size=32, types=list(DISTORTIONS)[:n])
+
 register(DatasetSpec(
     'demo', 'Demo (package photos degraded by the engine)', 'demo', [],
     "  demo_scores.csv                        (image, ref, dist_type, dist_level, mos)\n"
     "  refs/<photo>.png                       (pristine, mos 6)\n"
     "  images/<photo>/<type>_<level>.png      (mos = 6 - level)",
-    True, (1., 6.), _parse_demo, note="Pseudo-scores: mos = 6 - level; pristine references included with mos 6."))
+    True, (1., 6.), _parse_demo, miniature=_mini_demo, note="Pseudo-scores: mos = 6 - level; pristine references included with mos 6."))
 
 # %% ../nbs/06_datasets.ipynb #dd349cfc
 COLUMNS = ['image', 'path', 'mos', 'mos_std', 'higher_better', 'ref', 'dist_type', 'dist_level', 'split', 'resize_short']
@@ -917,166 +1087,6 @@ def download(name:str, # a key of `DATASETS`
         if progress: print(f"deleted {', '.join(f.name for f in gone)} (unpacked and verified; recorded in {LOCK_NAME})", file=sys.stderr)
     return root
 
-# %% ../nbs/06_datasets.ipynb #a000acdb
-_PHOTO_CACHE = {}
-_MINI_SIZE = {'h': 48, 'w': 64}   # size of the miniatures' images; `miniature(..., size=)` sets it while it builds
-
-def _tiny(i:int, h:int|None=None, w:int|None=None) -> np.ndarray:
-    "A tiny uint8 RGB crop of a package photo, different for each i."
-    from qualiclip.core import DEMO_PHOTOS
-    h, w = h or _MINI_SIZE['h'], w or _MINI_SIZE['w']
-    names = sorted(DEMO_PHOTOS); nm = names[i % len(names)]
-    if nm not in _PHOTO_CACHE: _PHOTO_CACHE[nm] = demo_photo(nm)
-    a = _PHOTO_CACHE[nm]; H, W = a.shape[:2]
-    k = i // len(names); s = min(H, W*h//w) // (1 + k % 3)
-    y, x = (H - s)//2, (W - s*w//h)//2
-    crop = a[max(y, 0):max(y, 0)+s, max(x, 0):max(x, 0)+s*w//h]
-    return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
-
-def _degrade(a:np.ndarray, k:int, rng) -> np.ndarray:
-    "A crude seeded degradation (noise + darkening) for miniature distorted images."
-    b = a.astype(float)*(1 - 0.1*k) + rng.normal(0, 8*k, a.shape)
-    return np.clip(b, 0, 255).astype(np.uint8)
-
-def _save(a:np.ndarray, p:Path, **kw) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(p, **kw)
-
-def _scores(rng, n:int, lo:float, hi:float) -> np.ndarray:
-    return np.round(rng.uniform(lo, hi, n), 4)
-
-def _cell(names:list, shape=None) -> np.ndarray:
-    "A MATLAB cell array of strings for savemat."
-    c = np.empty((len(names), 1) if shape is None else shape, dtype=object)
-    c.ravel()[:] = names
-    return c
-
-# %% ../nbs/06_datasets.ipynb #8a0ce03b
-def _mini_koniq(r, n, rng):
-    names = [f'{v}.jpg' for v in rng.integers(10**9, 10**10, n)]
-    for i, nm in enumerate(names): _save(_tiny(i), r/'koniq10k_1024x768'/'1024x768'/nm, quality=90)
-    c = rng.integers(0, 30, (n, 5)); mos = _scores(rng, n, 1, 5)
-    base = pd.DataFrame({'image_name': names, **{f'c{j+1}': c[:, j] for j in range(5)}, 'c_total': c.sum(1), 'MOS': mos,
-                         'SD': _scores(rng, n, 0.3, 1)})
-    base.assign(MOS_zscore=np.round((mos - 1)/4*100, 3)).to_csv(r/'koniq10k_scores_and_distributions.csv', index=False)
-    base.assign(set=[('training', 'validation', 'test')[i % 3] for i in range(n)]).to_csv(r/'koniq10k_distributions_sets.csv', index=False)
-
-def _mini_clive(r, n, rng):
-    b = r/'ChallengeDB_release'
-    tr = [f't{k}.bmp' for k in range(1, 8)]
-    names = [f'{100 + i}.{"bmp" if i % 2 else "JPG"}' for i in range(n)]
-    for i, nm in enumerate(tr): _save(_tiny(i + 50), b/'Images'/'trainingImages'/nm)
-    for i, nm in enumerate(names): _save(_tiny(i), b/'Images'/nm, **({'format': 'JPEG'} if nm.endswith('JPG') else {}))
-    (b/'Data').mkdir(parents=True)
-    sio.savemat(b/'Data'/'AllImages_release.mat', {'AllImages_release': _cell(tr + names)})
-    sio.savemat(b/'Data'/'AllMOS_release.mat', {'AllMOS_release': _scores(rng, n + 7, 0, 100)[None]})
-    sio.savemat(b/'Data'/'AllStdDev_release.mat', {'AllStdDev_release': _scores(rng, n + 7, 5, 25)[None]})
-
-def _mini_flive(r, n, rng):
-    subs = ['voc_emotic_ava', 'blur_dataset', 'EE371R', 'AVA__']
-    names = [f'{subs[i % 4]}/{1000 + i}.jpg' if i % 4 != 3 else f'voc_emotic_ava/AVA__{2000 + i}.jpg' for i in range(n)]
-    for i, nm in enumerate(names): _save(_tiny(i), r/'database'/nm, quality=90)
-    mos = _scores(rng, n, 0, 100)
-    pd.DataFrame({'name': names, 'mos': mos, 'height': _MINI_SIZE['h'], 'width': _MINI_SIZE['w']}).to_csv(r/'labels_image.csv', index=False)
-    patches = [f'{Path(nm).parent}/{Path(nm).stem}_patch_{k}.jpg' for nm in names for k in range(3)]
-    pd.DataFrame({'name': patches, 'mos': _scores(rng, len(patches), 0, 100)}).to_csv(r/'labels_patch.csv', index=False)
-    k = max(1, n//5)
-    pd.DataFrame({'name_image': names[:k], 'mos_image': mos[:k]}).to_csv(r/'labels640.csv', index=False)
-    pd.DataFrame({'name_image': names[k:], 'mos_image': mos[k:], 'is_valid': [i < k for i in range(n - k)]}).to_csv(
-        r/'labels<=640_padded.csv', index=False)
-
-def _mini_spaq(r, n, rng):
-    names = [f'{i+1:05d}.jpg' for i in range(n)]
-    for i, nm in enumerate(names):
-        img = Image.fromarray(_tiny(i)); (r/'TestImage').mkdir(parents=True, exist_ok=True)
-        if i == 0:   # stored landscape, EXIF says rotate 90 degrees: upright it is portrait
-            ex = Image.Exif(); ex[0x0112] = 6; img.save(r/'TestImage'/nm, exif=ex.tobytes(), quality=90)
-        else: img.save(r/'TestImage'/nm, quality=90)
-    (r/'Annotations').mkdir()
-    pd.DataFrame({'Image name': names, 'MOS': _scores(rng, n, 0, 100),
-                  **{c: _scores(rng, n, 0, 100) for c in ('Brightness', 'Colorfulness', 'Contrast', 'Noisiness', 'Sharpness')}}
-                ).to_excel(r/_SPAQ_XLSX, index=False)
-
-_LIVE_REFS = ['bikes.bmp', 'building2.bmp', 'buildings.bmp', 'caps.bmp', 'carnivaldolls.bmp', 'cemetry.bmp',
-              'churchandcapitol.bmp', 'coinsinfountain.bmp', 'dancers.bmp', 'flowersonih35.bmp']
-
-def _mini_live(r, n, rng):
-    b = r/'databaserelease2'
-    entries = [(fo, f'img{i}.bmp') for fo, k in LIVE_FOLDERS for i in range(1, k+1)]
-    N = len(entries); dmos = np.zeros(N); orgs = np.ones(N, int); refs = [_LIVE_REFS[0]]*N
-    pick = np.sort(rng.choice(N, 2*n, replace=False))
-    refs_used = [_LIVE_REFS[i % len(_LIVE_REFS)] if i < len(_LIVE_REFS) else f'ref{i}.bmp' for i in range(n)]
-    for i, ref in enumerate(refs_used): _save(_tiny(i), b/'refimgs'/ref)
-    info = {}
-    for j, e in enumerate(pick):
-        fo, nm = entries[e]; ri = j % n
-        orgs[e] = 0; dmos[e] = _scores(rng, 1, 1, 100)[0]; refs[e] = refs_used[ri]
-        _save(_degrade(_tiny(ri), 1 + j % 3, rng), b/fo/nm)
-        info.setdefault(fo, []).append(f'{refs_used[ri]} {nm} {rng.uniform(0, 2):.4f}')
-    for fo, _ in LIVE_FOLDERS:
-        (b/fo).mkdir(parents=True, exist_ok=True); (b/fo/'info.txt').write_text('\n'.join(info.get(fo, [])) + '\n')
-    sio.savemat(b/'dmos.mat', {'dmos': dmos[None], 'orgs': orgs[None].astype(float)})
-    sio.savemat(b/'refnames_all.mat', {'refnames_all': _cell(refs, (1, N))})
-
-def _mini_csiq(r, n, rng):
-    refs = ['1600', 'aerial_city', 'boston', 'bridge', 'butter_flower', 'cactus', 'child_swimming', 'couple']
-    refs = [refs[i] if i < len(refs) else f'img{i}' for i in range(n)]
-    rows, types = [], list(CSIQ_TYPES)
-    for i, ref in enumerate(refs):
-        _save(_tiny(i), r/'src_imgs'/f'{ref}.png')
-        for k in range(2):
-            t = types[(2*i + k) % len(types)]; lev = 1 + (i + k) % 5; folder, tag = CSIQ_TYPES[t]
-            _save(_degrade(_tiny(i), lev, rng), r/'dst_imgs'/folder/f'{ref}.{tag}.{lev}.png')
-            rows.append({'image': int(ref) if ref.isdigit() else ref, 'dst_idx': types.index(t) + 1, 'dst_type': t,
-                         'dst_lev': lev, 'dmos_std': _scores(rng, 1, 0, .2)[0], 'dmos': _scores(rng, 1, 0, 1)[0]})
-    with pd.ExcelWriter(r/'csiq.DMOS.xlsx') as w:
-        pd.DataFrame({'note': ['CSIQ DMOS']}).to_excel(w, sheet_name='note', index=False)
-        pd.DataFrame(rows).to_excel(w, sheet_name='all_by_image', index=False)
-
-def _mini_tid(r, n, rng):
-    lines, std = [], []
-    for i in range(n):
-        ref = f'I{i+1:02d}.BMP' if i + 1 != 25 else 'i25.bmp'
-        _save(_tiny(i), r/'reference_images'/ref, format='BMP')
-        for k in range(2):
-            nm = f'i{i+1:02d}_{(2*i + k) % 24 + 1:02d}_{(i + k) % 5 + 1}.bmp'
-            _save(_degrade(_tiny(i), 1 + k, rng), r/'distorted_images'/nm)
-            lines.append(f'{_scores(rng, 1, 0, 9)[0]:.5f} {nm}'); std.append(f'{_scores(rng, 1, .1, 1.5)[0]:.5f}')
-    (r/'mos_with_names.txt').write_text('\n'.join(lines) + '\n'); (r/'mos_std.txt').write_text('\n'.join(std) + '\n')
-
-def _mini_kadid(r, n, rng):
-    b = r/'kadid10k'; rows = []
-    for i in range(n):
-        ref = f'I{i+1:02d}.png'; _save(_tiny(i), b/'images'/ref)
-        for k in range(2):
-            nm = f'I{i+1:02d}_{(2*i + k) % 25 + 1:02d}_{(i + k) % 5 + 1:02d}.png'
-            _save(_degrade(_tiny(i), 1 + k, rng), b/'images'/nm)
-            rows.append({'dist_img': nm, 'ref_img': ref, 'dmos': _scores(rng, 1, 1, 5)[0], 'var': _scores(rng, 1, .1, 1)[0]})
-    pd.DataFrame(rows).to_csv(b/'dmos.csv', index=False)
-
-def _mini_agiqa(r, n, rng):
-    gens = ['AttnGAN_normal', 'midjourney_lowcorr', 'sd1.5_highstep', 'DALLE2_normal', 'glide_normal', 'stable-diffusion-xl_normal']
-    names = [f'{gens[i % len(gens)]}_{i:03d}.{"png" if i % 3 == 2 else "jpg"}' for i in range(n)]
-    for i, nm in enumerate(names): _save(_tiny(i), r/'AGIQA-3K'/nm)
-    pd.DataFrame({'name': names, 'prompt': ['a photo'] * n, 'adj1': 'nice', 'adj2': np.nan, 'style': 'photo',
-                  'mos_quality': _scores(rng, n, 0, 5), 'std_quality': _scores(rng, n, 0, 1),
-                  'mos_align': _scores(rng, n, 0, 5), 'std_align': _scores(rng, n, 0, 1)}).to_csv(r/'data.csv', index=False)
-
-def _mini_pipal(r, n, rng):
-    for i in range(n):
-        ref = f'A{i+1:04d}'; _save(_tiny(i), r/'Train_Ref'/f'{ref}.bmp')
-        lines = []
-        for k in range(2):
-            nm = f'{ref}_{k:02d}_{i % 10:02d}.bmp'; _save(_degrade(_tiny(i), 1 + k, rng), r/'Train_Dis'/nm)
-            lines.append(f'{nm},{_scores(rng, 1, 900, 1800)[0]:.4f}')
-        (r/'Train_Label').mkdir(exist_ok=True); (r/'Train_Label'/f'{ref}.txt').write_text('\n'.join(lines) + '\n')
-
-def _mini_kadis(r, n, rng):
-    for i in range(n): _save(_tiny(i), r/'kadis700k'/'ref_imgs'/f'{"abcdefgh"[i % 8]}{i:05d}.png')
-
-_MINI = {'koniq10k': _mini_koniq, 'clive': _mini_clive, 'flive': _mini_flive, 'spaq': _mini_spaq, 'live': _mini_live,
-         'csiq': _mini_csiq, 'tid2013': _mini_tid, 'kadid10k': _mini_kadid, 'agiqa3k': _mini_agiqa, 'pipal': _mini_pipal,
-         'kadis700k': _mini_kadis}
-
 # %% ../nbs/06_datasets.ipynb #8275550d
 def miniature(name:str, # a key of `DATASETS`
               root:str|Path, # folder to create (must not exist or be empty)
@@ -1085,19 +1095,16 @@ def miniature(name:str, # a key of `DATASETS`
               size:tuple=(48, 64), # (height, width) of its images (NIQE needs at least 96 px per side)
              ) -> Path:
     "Write a tiny copy of a dataset in its owners' real layout and metadata formats; built atomically."
-    get_spec(name); root = _dataset_root(root)
+    spec = get_spec(name); root = _dataset_root(root)
+    if spec.miniature is None: raise DatasetError(f"{name}: its DatasetSpec has no `miniature` builder; give it one to build a miniature.")
     if root.is_symlink(): root = Path(os.path.realpath(root))   # built in the folder the link points to; the link stays
     if root.exists() and any(root.iterdir()): raise DatasetError(f"{root} is not empty; give a new folder for the miniature.")
     if n < 1: raise ValueError(f"n={n}: need at least one image.")
     with atomic_path(root) as tmp:
         tmp.mkdir()
-        if name == 'demo':
-            from qualiclip.distortions import DISTORTIONS
-            _build_demo(tmp, 'test', seed, size=32, types=list(DISTORTIONS)[:n])
-        else:
-            old = dict(_MINI_SIZE); _MINI_SIZE.update(h=int(size[0]), w=int(size[1]))
-            try: _MINI[name](tmp, n, np.random.default_rng(seed))
-            finally: _MINI_SIZE.update(old)
+        old = dict(_MINI_SIZE); _MINI_SIZE.update(h=int(size[0]), w=int(size[1]))
+        try: spec.miniature(tmp, n, seed)
+        finally: _MINI_SIZE.update(old)
     return root
 
 # %% ../nbs/06_datasets.ipynb #f458a529

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import kornia
 from PIL import Image
 
-from .core import load_image, save_image, atomic_path, make_generator, demo_photo, demo_images, DEMO_SPLITS
+from .core import load_image, save_image, atomic_path, make_generator, demo_photo, demo_images, DEMO_SPLITS, repo_root
 from .core import writes
 
 # %% auto #0
@@ -678,7 +678,6 @@ def write_levels_csv(path:str|Path='nbs/assets/distortion_levels.csv', # output 
                      **kwargs, # passed to `measure_levels`
                     ) -> Path:
     "Measure the level table and write it atomically as CSV."
-    from qualiclip.core import repo_root
     path = Path(path); path = path if path.is_absolute() else repo_root()/path
     df = measure_levels(**kwargs)
     with atomic_path(path) as t: df.to_csv(t, index=False, float_format='%.5g')

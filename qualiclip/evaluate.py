@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side, state_sha256,
                             demo_photo, write_demo_photos, ImageReadError)
-from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum
+from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum, build_demo_dataset
 from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP, resolve_weights
-from .scoring import get_scorer, make_scorer, register_scorer, score_files, scorer_spec
+from .scoring import get_scorer, make_scorer, register_scorer, score_files, scorer_spec, synthetic_jpegs
 from .core import writes
 
 # %% auto #0
@@ -363,9 +363,6 @@ def bench_models_cmd(n:int=32, # synthetic 1024x768 JPEGs (and at most this many
                      height:int=768, # synthetic image height
                     ) -> int:
     "Images/s of each model through the evaluation's loader, on demo images and on synthetic JPEGs; JSON last line."
-    from qualiclip.core import write_demo_photos
-    from qualiclip.datasets import build_demo_dataset
-    from qualiclip.scoring import synthetic_jpegs
     rows = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

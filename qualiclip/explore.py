@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import DEMO_PHOTOS, atomic_path, demo_photo, load_image, load_params, pil_to_tensor, repo_root, save_image
+from .core import DEMO_PHOTOS, atomic_path, demo_photo, load_image, load_params, pil_to_tensor, repo_root, save_image, write_demo_photos
 from .core import ImageReadError, check_output, load_pil
 from .distortions import DISTORTIONS, distort
-from .model import PROMPTS
+from .model import PROMPTS, attnpool_nopos, TINY_CONFIG, random_official_checkpoint
 from fastcore.basics import patch
 from .core import writes
 
@@ -130,7 +130,6 @@ def pair_probs(model, # a `QualiCLIP` model
               ) -> dict:
     "{'score', 'pairs' (probability of each pair's positive prompt), 'cam' ((H,W) map or None)} of one image."
     from qualiclip.gradcam import gradcam_maps
-    from qualiclip.model import attnpool_nopos
     if not gradcam:
         _, f = model.score_and_embed(x[None])
         p = _probs(model, f)
@@ -443,8 +442,6 @@ def bench_explore_cmd(levels:str='1-5', # levels visited (each a new update)
                      ) -> int:
     "Seconds per explorer update on this machine: tiny model on 256 px, RN50 on 512 px; with and without gradCAM (JSON lines)."
     import json, tempfile
-    from qualiclip.model import TINY_CONFIG, random_official_checkpoint
-    from qualiclip.core import write_demo_photos
     lv = parse_levels(levels); tmp = Path(tempfile.mkdtemp(prefix='qualiclip-bench-explore-'))
     pristine = tmp/'pristine'; write_demo_photos(pristine, 'val'); write_demo_photos(pristine, 'test')
     cases = ([('qualiclip-tiny', TINY_CONFIG, 256)] if tiny else []) + ([('RN50', 'RN50', 512)] if rn50 else [])

@@ -4,16 +4,19 @@
 
 # %% ../nbs/03b_files.ipynb #00405400
 from __future__ import annotations
-import os
+import math, os
+from collections import OrderedDict
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from .core import ImageReadError, scan_images
 
 # %% auto #0
-__all__ = ['LIST_EXTS', 'is_file_list', 'read_file_list', 'expand_inputs', 'check_pixels', 'batch_capacity', 'check_options',
-           'as_is', 'printable']
+__all__ = ['LIST_EXTS', 'BATCH_PIXELS', 'CPU_BATCH_PIXELS', 'is_file_list', 'read_file_list', 'expand_inputs', 'check_pixels',
+           'default_batch_pixels', 'resolve_batch_pixels', 'batch_capacity', 'check_options', 'SizeBatcher', 'as_is',
+           'printable']
 
 # %% ../nbs/03b_files.ipynb #bb730220
 LIST_EXTS = ('.txt', '.lst')   # text file lists; a `.parquet` file with a `path` column is a list too
@@ -83,16 +86,30 @@ def check_pixels(p:str|Path, # an image file
                              f"(memory grows with it); pass --resize-short 512 to score it resized, or raise --max-pixels.")
 
 # %% ../nbs/03b_files.ipynb #262fd07a
+BATCH_PIXELS = 2**24       # pixels of one forward pass on a GPU (16.8 MP): a 12 MP photo alone, sixteen 1 MP images together
+CPU_BATCH_PIXELS = 2**20   # on the CPU (1 MP: one 1024x768 image, five 512x384): activations (~190 MB per 1024x768 image for RN50 fp32) live in the host's memory
+
+def default_batch_pixels(device='cpu', # where the forward passes run: a torch.device or its name
+                        ) -> int:
+    "The pixel budget of a forward pass on `device`: `BATCH_PIXELS` on an accelerator, `CPU_BATCH_PIXELS` on the CPU."
+    return CPU_BATCH_PIXELS if torch.device(device).type == 'cpu' else BATCH_PIXELS
+
+def resolve_batch_pixels(batch_pixels:int|None, # the option's value: None for the device's default, 0 for no budget, else pixels
+                         device='cpu', # where the forward passes run
+                        ) -> int:
+    "The one convention of every `batch_pixels` option: None is the device's default (`default_batch_pixels`), 0 is no budget."
+    return default_batch_pixels(device) if batch_pixels is None else int(batch_pixels)
+
 def batch_capacity(height:int, # image height after any resize
                    width:int, # image width after any resize
                    batch_size:int=16, # most images per batch
-                   batch_pixels:int|None=2**24, # most pixels per batch (None: no pixel budget)
+                   batch_pixels:int=BATCH_PIXELS, # most pixels per batch (0: no pixel budget)
                   ) -> int:
     "Images of one size that share a forward pass: `batch_size`, fewer when their pixels exceed the budget, at least 1."
     return max(1, min(batch_size, batch_pixels // (height * width))) if batch_pixels else batch_size
 
 def check_options(batch_size:int=1, # most images per forward pass: at least 1
-                  batch_pixels:int|None=None, # pixel budget of a pass: >= 0 (0 or None: none)
+                  batch_pixels:int|None=None, # pixel budget of a pass: >= 0 (0: none; None: the device's default)
                   max_pixels:int|None=None, # native-resolution ceiling: >= 0 (0 or None: none)
                   workers:int=0, # decoding processes: >= 0
                  ) -> None:
@@ -100,6 +117,61 @@ def check_options(batch_size:int=1, # most images per forward pass: at least 1
     if batch_size < 1: raise ValueError(f"--batch-size {batch_size}: give a positive number of images.")
     for name, v, zero in [('batch-pixels', batch_pixels, 'no budget'), ('max-pixels', max_pixels, 'no limit'), ('workers', workers, 'decode in this process')]:
         if v is not None and v < 0: raise ValueError(f"--{name} {v}: give a number >= 0 (0: {zero}).")
+
+# %% ../nbs/03b_files.ipynb #9f7f733d
+class SizeBatcher:
+    "Batches of equal-size images, at most `batch_size` images and `batch_pixels` pixels each, run as they fill."
+    def __init__(self, run, # run(x): the outputs, left on the device, of a (B,3,H,W) uint8 batch (channels-last view)
+                 take, # take(refs, outputs): bring one batch's outputs to the host and store them
+                 fail, # fail(refs, error): record the images of a batch that raised
+                 batch_size:int=16, # most images per pass
+                 batch_pixels:int=BATCH_PIXELS, # most pixels per pass (0: no budget; see `resolve_batch_pixels`)
+                 max_buffered:int|None=None, # images held across buckets before the fullest runs (default 4*batch_size; also at most 4 passes' pixels)
+                 device='cpu', # where `run` computes: batches for CUDA are stacked in pinned memory
+                 collect_every:int=8, # passes whose outputs wait on the device before `take`
+                ):
+        self.run, self.take, self.fail, self.batch_size, self.batch_pixels = run, take, fail, batch_size, batch_pixels
+        self.cap, self.cap_px = max_buffered or 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
+        self.pin, self.collect_every = torch.device(device).type == 'cuda', collect_every
+        self.buckets, self.pending, self.held, self.held_px = OrderedDict(), [], 0, 0
+
+    def add(self, ref, # what identifies the image to `take` and `fail`
+            img:torch.Tensor, # (H,W,3) uint8 image
+           ) -> int:
+        "Hold an image; run its bucket when full, or the fullest bucket when too much waits; the number of images run."
+        key = tuple(img.shape[:2]); b = self.buckets.setdefault(key, []); b.append((ref, img))
+        self.held += 1; self.held_px += key[0] * key[1]
+        if len(b) >= batch_capacity(*key, self.batch_size, self.batch_pixels): return self.flush(key)
+        if self.held > self.cap or self.held_px > self.cap_px:
+            return self.flush(max(self.buckets, key=lambda q: len(self.buckets[q]) * q[0] * q[1]))
+        return 0
+
+    def flush(self, key:tuple, # (H, W) of the bucket
+             ) -> int:
+        "Run one bucket as a batch (a failure goes to `fail`); the number of images run."
+        refs, imgs = zip(*self.buckets.pop(key)); self.held -= len(refs); self.held_px -= len(refs) * key[0] * key[1]
+        buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=self.pin)
+        x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)  # (B,3,H,W) view in channels_last layout: no copy
+        try: self.pending.append((refs, self.run(x)))
+        except Exception as e: self.fail(refs, e)
+        if len(self.pending) >= self.collect_every: self.collect()
+        return len(refs)
+
+    def flush_where(self, pred, # pred(ref) -> bool
+                   ) -> int:
+        "Run every bucket that holds an image whose ref satisfies `pred`; the number of images run."
+        return sum(self.flush(k) for k in [q for q in self.buckets if any(pred(r) for r, _ in self.buckets[q])])
+
+    def collect(self) -> None:
+        "Hand every waiting output to `take` (one that raises goes to `fail`)."
+        for refs, out in self.pending:
+            try: self.take(refs, out)
+            except Exception as e: self.fail(refs, e)
+        self.pending.clear()
+
+    def finish(self) -> int:
+        "Run every bucket left and collect; the number of images run."
+        n = sum(self.flush(k) for k in list(self.buckets)); self.collect(); return n
 
 # %% ../nbs/03b_files.ipynb #02822ba1
 def as_is(item, # one item from a Dataset

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from .core import writes
+from .core import writes, load_pil, atomic_path, check_report, output_folder
 
 # %% auto #0
 __all__ = ['to_quantiles', 'level_centres', 'gmad_role', 'gmad_pairs', 'gmad_figure', 'read_scores', 'gmad_cmd']
@@ -85,7 +85,6 @@ def gmad_pairs(scores_a, # scores of model A, one per image of the pool
 def _thumb(path, size:int):
     "An RGB thumbnail of an image file as a uint8 array (gray placeholder when unreadable)."
     from PIL import Image
-    from qualiclip.core import load_pil
     try: im = load_pil(path)
     except Exception: return np.full((size, size, 3), 128, np.uint8)
     im.thumbnail((size, size))
@@ -135,7 +134,6 @@ def gmad_cmd(scores_a:str, # scores CSV of model A (path, score)
              thumb:int=256, # thumbnail size in the figure, pixels
             )->int:
     "Run the gMAD competition between two models' scores of one unlabeled pool; write the pairs and the figure."
-    from qualiclip.core import atomic_path, check_report, output_folder
     check_report(out, {'gmad_pairs.csv': 'csv', 'gmad.png': 'image'}, [scores_a, scores_b])   # before any work
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt

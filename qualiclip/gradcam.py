@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
-from .core import writes
+from .core import writes, load_image, get_device, list_images, atomic_path, save_image, check_report, output_folder
 
 # %% auto #0
 __all__ = ['CLIPIQA_PROMPTS', 'QualityTarget', 'gradcam_maps', 'overlay', 'gradcam_figure', 'load_for_gradcam', 'gradcam_cmd']
@@ -49,7 +49,6 @@ def gradcam_maps(model, # a `QualiCLIP` model with a ModifiedResNet image tower 
                 )->list: # one (H,W) float32 map in [0,1] per image
     "gradCAM maps of the quality score w.r.t. the last block of `layer` of the image tower, at each image's size."
     from pytorch_grad_cam import GradCAM
-    from qualiclip.core import load_image
     visual = model.visual
     if not hasattr(visual, layer):
         raise ValueError(f"the image tower {type(visual).__name__} has no {layer!r}: gradCAM here needs a ResNet tower (e.g. RN50)")
@@ -76,7 +75,6 @@ def overlay(image, # (3,H,W) tensor in [0,1], (H,W,3) uint8 array, or a path
            )->np.ndarray: # (H,W,3) uint8
     "The map drawn over the image with matplotlib's 'jet' colormap."
     import matplotlib
-    from qualiclip.core import load_image
     if isinstance(image, (str, Path)): image = load_image(image)
     img = image.permute(1, 2, 0).detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image) / 255.
     if img.shape[:2] != cam.shape: raise ValueError(f"image is {img.shape[:2]} but the map is {cam.shape}: compute the map on this image")
@@ -92,7 +90,6 @@ def gradcam_figure(images:list, # images (tensors in [0,1] or paths), one row ea
                   ):
     "A grid figure: each row an image, first column the image, then one overlay per model."
     import matplotlib.pyplot as plt
-    from qualiclip.core import load_image
     imgs = [im if isinstance(im, Tensor) else load_image(im) for im in images]
     ncol = 1 + len(maps)
     fig, axs = plt.subplots(len(imgs), ncol, figsize=(3.2 * ncol, 3.0 * len(imgs)), squeeze=False)
@@ -117,7 +114,6 @@ def load_for_gradcam(weights:str|None=None, # our `qualiclip.pth` (official layo
                     ):
     "A QualiCLIP model ready for gradCAM: our checkpoint, or the starting CLIP weights (optionally with CLIP-IQA prompts)."
     from qualiclip.model import QualiCLIP
-    from qualiclip.core import get_device
     kw = dict(prompts=CLIPIQA_PROMPTS) if clipiqa else {}
     if weights: m = QualiCLIP.from_checkpoint(weights, backbone=backbone, **kw)
     else: m = QualiCLIP(backbone or 'RN50-quickgelu', pretrained=None if pretrained in (None, 'none') else pretrained, **kw)
@@ -140,7 +136,6 @@ def gradcam_cmd(images:list[str], # image files, folders or globs
     "gradCAM overlays (PNG per image) and a grid figure for our model, optionally next to CLIP-IQA."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from qualiclip.core import list_images, load_image, atomic_path, save_image, check_report, output_folder
     if not weights: raise ValueError("--weights is required: pass our checkpoint (e.g. runs/demo/qualiclip.pth)")
     paths = list_images(images)[:max_images]
     tags = ['ours'] + (['clipiqa'] if compare else [])   # the overlays' suffixes, one per model

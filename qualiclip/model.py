@@ -4,12 +4,11 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLIP_MEAN', 'CLIP_STD', 'OFFICIAL_SCALE', 'PYIQA_TEMPERATURE', 'PYIQA_SCALE', 'DEFAULT_BACKBONE',
-           'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'ASPECTS', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'PRECISIONS',
-           'RELEASED_URL', 'RELEASED_SHA256', 'aspect_name', 'register_tiny_config', 'WeightsUnavailableError',
-           'create_clip', 'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP',
-           'pil_rgb', 'as_images', 'read_official', 'infer_config', 'resolve_weights', 'prompt_features_gap',
-           'randomize_', 'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint',
-           'QualiCLIPLoss']
+           'TINY_CONFIG', 'CONFIG_DIR', 'TINY_CFG', 'ASPECTS', 'CLIP_WEIGHTS_HINT', 'CHECKPOINT_HINT', 'RELEASED_URL',
+           'RELEASED_SHA256', 'aspect_name', 'register_tiny_config', 'WeightsUnavailableError', 'create_clip',
+           'attnpool_nopos', 'resnet_min_side', 'check_prompts', 'encode_prompts', 'QualiCLIP', 'prep_image', 'pil_rgb',
+           'as_images', 'read_official', 'infer_config', 'resolve_weights', 'prompt_features_gap', 'randomize_',
+           'random_official_checkpoint', 'ClipNormalisedQualiCLIP', 'released_checkpoint', 'QualiCLIPLoss']
 
 # %% ../nbs/03_model.ipynb #bb32dd95
 import importlib.resources, json, logging, math, os, re, socket, tempfile, threading, zipfile
@@ -24,7 +23,7 @@ import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from fastcore.basics import patch
 
-from .core import atomic_path, get_device, load_pil
+from .core import PRECISIONS, atomic_path, autocast_dtype, get_device, load_pil, _to_rgb
 
 # %% ../nbs/03_model.ipynb #4948cb2a
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
@@ -384,16 +383,6 @@ def logits_to_score(self:QualiCLIP, cos:torch.Tensor, # cosine similarities (B,P
     return torch.softmax(self.scale * cos.float(), dim=-1)[..., 0].mean(-1)
 
 # %% ../nbs/03_model.ipynb #edfeff15
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
-
-def _amp_dtype(self, device_type:str='cuda') -> torch.dtype|None:
-    "Autocast dtype of the image tower on a device type (None: fp32); 'auto' is fp32 on the CPU, where scores stay exact."
-    if self.amp not in PRECISIONS: raise ValueError(f"precision {self.amp!r}: use one of {', '.join(PRECISIONS)}.")
-    if self.amp == 'fp32' or (self.amp == 'auto' and device_type != 'cuda'): return None
-    if self.amp == 'fp16': return torch.float16
-    if self.amp == 'bf16' or device_type != 'cuda' or torch.cuda.is_bf16_supported(): return torch.bfloat16
-    return torch.float16
-
 @patch
 @torch.no_grad()
 def score_and_embed(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [0,1] or uint8, on any device
@@ -404,7 +393,7 @@ def score_and_embed(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) float in [
         x = x.to(self.device, non_blocking=True)
         if not self._channels_last: self.clip.visual.to(memory_format=torch.channels_last); self._channels_last = True
         x = self._check_input(x).contiguous(memory_format=torch.channels_last)
-        dt = _amp_dtype(self, x.device.type)
+        dt = autocast_dtype(self.amp, x.device)   # the image tower's precision (`core.autocast_dtype`)
         with torch.autocast(x.device.type, dtype=dt or torch.float32, enabled=dt is not None): f = self.encode_image(x)
         return self.logits_to_score(self.features_to_cos(f)), f
     finally:
@@ -428,7 +417,7 @@ def quality(self:QualiCLIP, x:torch.Tensor, # batch (B,3,H,W) in [0,1] (float), 
         for m, t in modes: m.training = t
 
 # %% ../nbs/03_model.ipynb #0b6aff8a
-def _prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in [0,1] or uint8
+def prep_image(img:torch.Tensor, # (3,H,W) or (1,H,W) or (H,W) image, float in [0,1] or uint8
                 resize_short:int|None=None, # resize the shorter side to this (bicubic, antialiased); None: native
                ) -> torch.Tensor:
     "One image as (3,H,W), optionally resized."
@@ -447,7 +436,6 @@ def pil_rgb(img, # a PIL image (any mode)
            ) -> torch.Tensor:
     "A PIL image as uint8 (3,H,W), converted by `core.load_pil`'s rules (EXIF orientation, 16-bit, palette, alpha on white)."
     from PIL import ImageOps
-    from qualiclip.core import _to_rgb
     return torch.from_numpy(np.array(_to_rgb(ImageOps.exif_transpose(img), 'white'), dtype=np.uint8)).permute(2, 0, 1)
 
 def as_images(images, # a tensor, an image file (str or Path), a PIL image, or a list/tuple mixing them
@@ -470,7 +458,7 @@ def score(self:QualiCLIP, images, # list of (3,H,W) tensors of any sizes, or one
           grad:bool=False, # differentiable scores (`quality`: fp32, gradients reach the images) instead of `score_batch`
          ) -> torch.Tensor:
     "Scores (N,) on the CPU; images of equal size share batches, nothing is padded."
-    imgs = [_prep_image(im, resize_short) for im in as_images(images)]
+    imgs = [prep_image(im, resize_short) for im in as_images(images)]
     groups = defaultdict(list)
     for i, im in enumerate(imgs): groups[tuple(im.shape[-2:])].append(i)
     out = torch.empty(len(imgs))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, DataLoader
 
 from .core import (ImageReadError, load_pil, read_member, resize_short_side, list_images, zip_images, get_device, make_generator,
                             demo_photo, demo_images, demo_folder, DEMO_SPLITS)
-from .distortions import apply_compositions, sample_compositions, ssim, psnr
+from .distortions import apply_compositions, sample_compositions, ssim, psnr, apply_composition
 from .core import writes
 
 # %% auto #0
@@ -170,7 +170,6 @@ def measure_level_order(n:int=512, # number of samples
 def make_pairs_per_image(images, crop:int=224, levels:int=5, max_offset:int|None=None, max_distortions:int=4,
                          generator:torch.Generator|None=None):
     "Same output as `make_pairs`, built one crop, one level and one type call at a time (a baseline)."
-    from qualiclip.distortions import apply_composition
     ims = [_fit_short(im, crop) for im in _as_float_images(images)]
     m = crop // 2 if max_offset is None else int(max_offset); S = crop
     gdev = generator.device if generator is not None else torch.device('cpu')

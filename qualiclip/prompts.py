@@ -5,6 +5,7 @@
 # %% ../nbs/12_prompts.ipynb #95998175
 from __future__ import annotations
 import hashlib, json, math, os, re, sys, time, warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,15 @@ import torch.nn.functional as F
 import open_clip
 from fastcore.basics import patch
 
-from .core import (OutputError, atomic_path, check_output, folder_mark, get_device, load_image, load_params,
+from .core import (OutputError, atomic_path, autocast_dtype, check_output, folder_mark, get_device, load_image, load_params,
                             mark_folder, repo_root)
-from .model import DEFAULT_BACKBONE, PROMPTS, PYIQA_TEMPERATURE, TINY_CONFIG, QualiCLIP, check_prompts
-from .core import writes
+from .model import DEFAULT_BACKBONE, PROMPTS, PYIQA_TEMPERATURE, TINY_CONFIG, QualiCLIP, check_prompts, _load_tensors, resolve_weights
+from .core import writes, state_sha256
 
 # %% auto #0
-__all__ = ['N_CTX', 'PYIQA_KEYS', 'RECIPE', 'RUN_KEYS', 'prompt_strings', 'text_tokenizer', 'PromptLearner', 'QualiCLIPPlus',
-           'check_frozen', 'read_prompts', 'qualiclip_plus_scorer', 'read_table', 'prompt_splits', 'plcc_loss',
-           'image_features', 'weights_sha256', 'read_run_checkpoint', 'fit_prompts', 'prompts_recipe', 'prompts_key',
+__all__ = ['N_CTX', 'PYIQA_KEYS', 'RUN_KEYS', 'prompt_strings', 'text_tokenizer', 'PromptLearner', 'QualiCLIPPlus',
+           'check_frozen', 'read_prompts', 'qualiclip_plus_scorer', 'read_table', 'prompt_splits', 'PromptsConfig',
+           'plcc_loss', 'image_features', 'weights_sha256', 'read_run_checkpoint', 'fit_prompts', 'prompts_key',
            'prompts_outputs', 'fit_prompts_cmd']
 
 # %% ../nbs/12_prompts.ipynb #308c91a6
@@ -203,7 +204,6 @@ def read_prompts(path:str|Path, # a prompts file: pyiqa's `QualiCLIP+_*.pth` or 
     "(the three `prompt_learner.*` tensors, meta) of a prompts file; clear errors for anything else."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such prompts file; learn one with `qualiclip fit-prompts` or pass pyiqa's QualiCLIP+_<dataset>.pth.")
-    from qualiclip.model import _load_tensors
     d = _load_tensors(path, 'a QualiCLIP+ prompts file', "--prompts takes a prompts file from `qualiclip fit-prompts` or pyiqa's "
                       "QualiCLIP+_<dataset>.pth (tensors saved with torch.save, read with torch.load(..., weights_only=True))")
     sd = d.get('params', d) if isinstance(d, dict) else None
@@ -321,9 +321,59 @@ def prompt_splits(df:pd.DataFrame, # table from `read_table`
     return tr.reset_index(drop=True), va.reset_index(drop=True), te.reset_index(drop=True), proto
 
 # %% ../nbs/12_prompts.ipynb #8501482e
-RECIPE = {'epochs': 50, 'lr': 2e-3, 'batch_size': 8, 'crop': 384, 'flip': True, 'w_mse': 1.0, 'w_plcc': 1.0, 'patience': 10,
-          'val_frac': 0.1, 'workers': 0, 'n_ctx': N_CTX, 'temperature': PYIQA_TEMPERATURE, 'split': 'auto', 'split_index': 0,
-          'split_seed': 0}   # pyiqa's QualiCLIP+ recipe, plus our split and early-stopping choices
+@dataclass
+class PromptsConfig:
+    "The QualiCLIP+ recipe (pyiqa's, plus our split and early-stopping choices); the field names are the `prompts:` keys of a profile."
+    epochs:int = 50 # epochs (cosine schedule over them)
+    lr:float = 2e-3 # Adam learning rate
+    batch_size:int = 8 # images per step
+    crop:int = 384 # side of the random crops in pixels (smaller images: their shorter side)
+    flip:bool = True # random horizontal flips
+    w_mse:float = 1.0 # weight of the MSE loss
+    w_plcc:float = 1.0 # weight of the PLCC loss
+    patience:int = 10 # stop after this many epochs without a better validation SRCC (0: never)
+    val_frac:float = 0.1 # training images set aside for validation when the split has none
+    workers:int = 0 # DataLoader processes decoding images
+    n_ctx:int = N_CTX # context vectors per prompt string
+    temperature:float = PYIQA_TEMPERATURE # score temperature
+    split:str = 'auto' # 'auto' (official split, else seeded 70/10/20 split) or 'all'
+    split_index:int = 0 # which seeded split, 0-9
+    split_seed:int = 0 # seed of the seeded splits
+
+    @classmethod
+    def from_params(cls,
+                    params:str|Path|dict|None=None, # a profile (file or dict) with a `prompts:` section, or None
+                    **given, # field values given explicitly, which win (None: not given)
+                   ) -> 'PromptsConfig':
+        "The recipe: the defaults < the profile's `prompts:` section (its `fit:` list aside) < the values given; types checked."
+        p = (params if isinstance(params, dict) else load_params(params)) if params else {}
+        sec = {k: v for k, v in (p.get('prompts') or {}).items() if k != 'fit'}
+        sec.update({k: v for k, v in given.items() if v is not None})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(sec) - set(known))
+        if unknown: raise ValueError(f"prompts.{unknown[0]} is not a recipe key; known: {sorted(known)} and fit.")
+        return cls(**{k: _recipe_value(str(known[k]), k, v) for k, v in sec.items()}).check()
+
+    def check(self) -> 'PromptsConfig':
+        "Raise one clear error for a setting that cannot work."
+        for k in ('epochs', 'batch_size', 'crop', 'n_ctx'):
+            if getattr(self, k) < 1: raise ValueError(f"prompts.{k}={getattr(self, k)} must be at least 1.")
+        for k in ('lr', 'temperature'):
+            if not getattr(self, k) > 0: raise ValueError(f"prompts.{k}={getattr(self, k)} must be positive.")
+        if self.split not in ('auto', 'all'): raise ValueError(f"prompts.split={self.split!r}: use 'auto' or 'all'.")
+        if not 0 <= self.val_frac < 1: raise ValueError(f"prompts.val_frac={self.val_frac} must lie in [0, 1).")
+        return self
+
+    def to_dict(self) -> dict:
+        "The recipe as a plain dict (the `recipe` of a metrics file)."
+        return asdict(self)
+
+def _recipe_value(typ:str, key:str, v):
+    "A recipe value as its field's type (int, float, str or bool: a bool only from a bool); one error naming the key otherwise."
+    if isinstance(v, bool) == (typ == 'bool'):
+        try: return {'int': int, 'float': float, 'str': str, 'bool': bool}[typ](v)
+        except (TypeError, ValueError): pass
+    raise ValueError(f"prompts.{key}={v!r}: give a value of type {typ}.")
 
 def plcc_loss(pred:torch.Tensor, # predicted scores (B,)
               target:torch.Tensor, # normalised human scores (B,)
@@ -336,11 +386,10 @@ def plcc_loss(pred:torch.Tensor, # predicted scores (B,)
 # %% ../nbs/12_prompts.ipynb #952f0ba9
 def _encode(model:QualiCLIP, x:torch.Tensor) -> torch.Tensor:
     "Normalised image features (B,E) fp32 without gradient (CUDA: the model's autocast dtype)."
-    from qualiclip.model import _amp_dtype
     x = x.to(model.device)
     with torch.no_grad():
         if x.device.type == 'cuda':
-            dt = _amp_dtype(model)
+            dt = autocast_dtype(model.amp, x.device)
             with torch.autocast('cuda', dtype=dt or torch.float32, enabled=dt is not None): return model.encode_image(x).float()
         return model.encode_image(x.float()).float()
 
@@ -402,13 +451,11 @@ def weights_sha256(model:QualiCLIP, # a model loaded with `from_checkpoint` (els
     if ck and Path(str(ck)).is_file():
         from qualiclip.datasets import sha256sum
         return sha256sum(ck)
-    from qualiclip.core import state_sha256
     return state_sha256(model.clip)
 
 def read_run_checkpoint(path:str|Path, # a run's checkpoint.pt
                        ) -> dict:
     "A fit-prompts run checkpoint, read weights-only; one error naming the file for a damaged or foreign one."
-    from qualiclip.model import _load_tensors
     fix = f"Remove {path}, or pass --resume no to start the run again, or choose another --run folder"
     d = _load_tensors(path, 'a fit-prompts run checkpoint', fix)
     missing = [k for k in RUN_KEYS if k not in d] if isinstance(d, dict) else list(RUN_KEYS)
@@ -449,51 +496,92 @@ def _crops(items:list, crop:int, flip:bool, g:torch.Generator) -> tuple[list, to
         out.append(t.flip(-1) if flip and float(torch.rand(1, generator=g)) < 0.5 else t)
     return [i for i, _ in items], torch.stack(out)
 
+def _targets(train:pd.DataFrame) -> tuple[torch.Tensor, float, float]:
+    "(human scores mapped to [0,1], lowest, highest raw score) of the training rows; one error when there is nothing to learn."
+    if len(train) < 2: raise ValueError(f"{len(train)} training image(s): QualiCLIP+ needs at least 2 with human scores.")
+    q = _quality(train); lo, hi = float(q.min()), float(q.max())
+    if hi <= lo: raise ValueError("Every training image has the same human score; nothing to learn.")
+    return torch.tensor((q - lo) / (hi - lo), dtype=torch.float32), lo, hi
+
+def _run_config(model:QualiCLIPPlus, c:PromptsConfig, seed:int, train:pd.DataFrame, val:pd.DataFrame|None) -> dict:
+    "What a run checkpoint records and a resumed run must match: the training settings, the model's weights, the data."
+    pl = model.prompt_learner
+    return _plain({'epochs': c.epochs, 'lr': c.lr, 'batch_size': c.batch_size, 'crop': c.crop, 'flip': c.flip, 'w_mse': c.w_mse,
+                   'w_plcc': c.w_plcc, 'patience': c.patience, 'seed': seed, 'n_ctx': pl.n_ctx, 'shared': pl.shared,
+                   'temperature': model.temperature, 'weights_sha256': weights_sha256(model),
+                   'data': _fingerprint(train, *([val] if val is not None else []))})
+
+def _resume(saved:dict|None, cfg:dict, pl:PromptLearner, opt, sched, ckf:Path, resume) -> tuple[dict, torch.Tensor|None]:
+    "(the run's state, its best context) from a saved run with the same settings (context, optimiser and schedule restored); else a new state and None."
+    st = {'epoch': 0, 'best': -math.inf, 'best_epoch': 0, 'bad': 0, 'stopped': False, 'history': []}
+    if resume in (False, 'no') or saved is None: return st, None
+    if saved['config'] != cfg:
+        diff = {k: (str(saved['config'].get(k))[:16], str(v)[:16]) for k, v in cfg.items() if saved['config'].get(k) != v}
+        print(f"fit-prompts: {ckf} has other settings (saved, now: {diff}); starting again", file=sys.stderr); return st, None
+    with torch.no_grad(): pl.ctx.copy_(saved['ctx'])
+    opt.load_state_dict(saved['optim']); sched.load_state_dict(saved['sched'])
+    print(f"fit-prompts: resuming {ckf} at epoch {saved['state']['epoch']}", file=sys.stderr)
+    return saved['state'], saved['best_ctx']
+
+def _train_epoch(model:QualiCLIPPlus, ds, y_all:torch.Tensor, opt, c:PromptsConfig, g:torch.Generator, first:bool) -> dict:
+    "One epoch in a seeded order over random crops: mean training losses (loss, mse, plcc_loss)."
+    n = len(ds); order = torch.randperm(n, generator=g).tolist()
+    dl = torch.utils.data.DataLoader(ds, batch_sampler=[order[i:i + c.batch_size] for i in range(0, n, c.batch_size)],
+                                     collate_fn=_as_list, num_workers=c.workers)
+    sums = {'loss': 0.0, 'mse': 0.0, 'plcc_loss': 0.0}; steps = 0
+    for items in dl:
+        idx, x = _crops(items, c.crop, c.flip, g)
+        pred = model.logits_to_score(model.features_to_cos(_encode(model, x)))
+        y = y_all[idx].to(pred.device)
+        mse, lp = F.mse_loss(pred, y), plcc_loss(pred, y)
+        loss = c.w_mse * mse + c.w_plcc * lp
+        opt.zero_grad(set_to_none=True); loss.backward()
+        if steps == 0 and first: check_frozen(model)
+        opt.step(); steps += 1
+        for k, v in (('loss', loss), ('mse', mse), ('plcc_loss', lp)): sums[k] += float(v.detach())
+    return {k: s / max(steps, 1) for k, s in sums.items()}
+
+def _keep_best(st:dict, v:dict, epoch:int, patience:int) -> bool:
+    "Update the early-stopping state after `epoch` with its validation metrics `v`; whether this epoch is the best so far."
+    better = not v or not math.isfinite(v['val_srcc']) or v['val_srcc'] > st['best']
+    if better:
+        if v and math.isfinite(v['val_srcc']): st['best'] = v['val_srcc']
+        st['best_epoch'], st['bad'] = epoch, 0
+    else: st['bad'] += 1
+    if patience and st['bad'] >= patience: st['stopped'] = True
+    return better
+
+def _log_epoch(live, rec:dict) -> None:
+    "An epoch's finite metrics to dvclive, at step `rec['epoch']`."
+    live.step = rec['epoch']
+    for k, v in rec.items():
+        if k != 'epoch' and isinstance(v, float) and math.isfinite(v): live.log_metric(k, v)
+    live.next_step()
+
 def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt context is trained in place
                 train:pd.DataFrame, # training rows (path, image, mos, higher_better)
                 val:pd.DataFrame|None=None, # validation rows (early stopping, best epoch); None or < 3 rows: the last epoch is kept
                 run:str|Path='runs/prompts', # folder of the resumable checkpoint and the dvclive curves
-                epochs:int=50, # epochs (cosine schedule over them)
-                lr:float=2e-3, # Adam learning rate
-                batch_size:int=8, # images per step
-                crop:int=384, # side of the random crops (smaller images: their shorter side)
-                flip:bool=True, # random horizontal flips
-                w_mse:float=1.0, # weight of the MSE loss
-                w_plcc:float=1.0, # weight of the PLCC loss
-                patience:int=10, # stop after this many epochs without a better validation SRCC (0: never)
+                config:PromptsConfig|None=None, # the recipe (None: `PromptsConfig()`; its split keys are the caller's)
                 seed:int=0, # seed of the crops, flips and batch order
-                workers:int=0, # DataLoader processes decoding images
                 resume:bool|str='auto', # 'auto': continue the run in `run` when its settings match; False: start again
                 stop_after:int|None=None, # leave after this many epochs in this call (the run stays resumable)
                 progress:bool=True, # tqdm bar
+                **changes, # recipe fields that replace the config's (e.g. epochs=3)
                ) -> dict:
     "Learn the prompt context on human scores (MSE + PLCC on scores in [0,1]); returns the run's metrics."
+    from dvclive import Live
     from tqdm.auto import tqdm
+    c = PromptsConfig.from_params({'prompts': (config or PromptsConfig()).to_dict()}, **changes)
     run, ckf, saved = _open_run(run, resume)
     val = val if val is not None and len(val) >= 3 else None
-    if len(train) < 2: raise ValueError(f"{len(train)} training image(s): QualiCLIP+ needs at least 2 with human scores.")
-    q = _quality(train); lo, hi = float(q.min()), float(q.max())
-    if hi <= lo: raise ValueError("Every training image has the same human score; nothing to learn.")
-    y_all = torch.tensor((q - lo) / (hi - lo), dtype=torch.float32)
-    pl = model.prompt_learner
-    cfg = _plain({'epochs': epochs, 'lr': lr, 'batch_size': batch_size, 'crop': crop, 'flip': flip, 'w_mse': w_mse, 'w_plcc': w_plcc,
-                  'patience': patience, 'seed': seed, 'n_ctx': pl.n_ctx, 'shared': pl.shared, 'temperature': model.temperature,
-                  'weights_sha256': weights_sha256(model), 'data': _fingerprint(train, *([val] if val is not None else []))})
+    y_all, lo, hi = _targets(train)
+    pl = model.prompt_learner; cfg = _run_config(model, c, seed, train, val)
     model.eval()
     if [n for n, p in model.named_parameters() if p.requires_grad] != ['prompt_learner.ctx']: check_frozen(model)
-    opt = torch.optim.Adam([pl.ctx], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    st = {'epoch': 0, 'best': -math.inf, 'best_epoch': 0, 'bad': 0, 'stopped': False, 'history': []}
-    resumed = False
-    if resume not in (False, 'no') and saved is not None:
-        if saved['config'] == cfg:
-            with torch.no_grad(): pl.ctx.copy_(saved['ctx'])
-            opt.load_state_dict(saved['optim']); sched.load_state_dict(saved['sched'])
-            st = saved['state']; best_ctx = saved['best_ctx']; resumed = True
-            print(f"fit-prompts: resuming {ckf} at epoch {st['epoch']}", file=sys.stderr)
-        else:
-            diff = {k: (str(saved['config'].get(k))[:16], str(v)[:16]) for k, v in cfg.items() if saved['config'].get(k) != v}
-            print(f"fit-prompts: {ckf} has other settings (saved, now: {diff}); starting again", file=sys.stderr)
+    opt = torch.optim.Adam([pl.ctx], lr=c.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs))
+    st, best_ctx = _resume(saved, cfg, pl, opt, sched, ckf, resume); resumed = best_ctx is not None
     fv = image_features(model, val) if val is not None else None
     qv = _quality(val) if val is not None else None
     def validate() -> dict:
@@ -501,55 +589,29 @@ def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt conte
         with torch.no_grad(): s = model.logits_to_score(model.features_to_cos(fv)).cpu().numpy()
         return {f'val_{k}': v for k, v in _corr(s, qv).items()}
     if not resumed:
-        best_ctx = pl.ctx.detach().cpu().clone()
-        v0 = validate()
+        best_ctx = pl.ctx.detach().cpu().clone(); v0 = validate()
         if fv is not None:
             st['val_srcc_start'] = v0['val_srcc']
             st['val_srcc_base'] = _corr(model.base_score(fv).cpu().numpy(), qv)['srcc']   # the opinion-unaware model
-    from dvclive import Live
     live = Live(str(run/'dvclive'), resume=resumed, save_dvc_exp=False, dvcyaml=False, report=None)
     if not resumed: live.log_params(cfg)
-    ds = _Images(train); n = len(train); t0 = time.perf_counter(); done_here = 0
-    bar = tqdm(total=epochs, initial=st['epoch'], desc='fit-prompts', disable=not progress, dynamic_ncols=True)
+    ds = _Images(train); t0 = time.perf_counter(); done_here = 0
+    bar = tqdm(total=c.epochs, initial=st['epoch'], desc='fit-prompts', disable=not progress, dynamic_ncols=True)
     try:
-        while st['epoch'] < epochs and not st['stopped'] and (stop_after is None or done_here < stop_after):
-            e = st['epoch']
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + e)
-            order = torch.randperm(n, generator=g).tolist()
-            dl = torch.utils.data.DataLoader(ds, batch_sampler=[order[i:i + batch_size] for i in range(0, n, batch_size)],
-                                             collate_fn=_as_list, num_workers=workers)
-            sums = {'loss': 0.0, 'mse': 0.0, 'plcc_loss': 0.0}; steps = 0
-            for items in dl:
-                idx, x = _crops(items, crop, flip, g)
-                f = _encode(model, x)
-                pred = model.logits_to_score(model.features_to_cos(f))
-                y = y_all[idx].to(pred.device)
-                mse, lp = F.mse_loss(pred, y), plcc_loss(pred, y)
-                loss = w_mse * mse + w_plcc * lp
-                opt.zero_grad(set_to_none=True); loss.backward()
-                if steps == 0 and e == 0: check_frozen(model)
-                opt.step(); steps += 1
-                for k, v in (('loss', loss), ('mse', mse), ('plcc_loss', lp)): sums[k] += float(v.detach())
-            lr_now = opt.param_groups[0]['lr']; sched.step()
-            v = validate(); st['epoch'] = e + 1; done_here += 1
-            if not v or not math.isfinite(v['val_srcc']) or v['val_srcc'] > st['best']:
-                if v and math.isfinite(v['val_srcc']): st['best'] = v['val_srcc']
-                st['best_epoch'], st['bad'] = e + 1, 0; best_ctx = pl.ctx.detach().cpu().clone()
-            else: st['bad'] += 1
-            if patience and st['bad'] >= patience: st['stopped'] = True
-            rec = {'epoch': e + 1, 'lr': lr_now, **{f'train/{k}': s / max(steps, 1) for k, s in sums.items()}, **v}
-            st['history'].append(_plain(rec))
-            live.step = e + 1
-            for k, val_ in rec.items():
-                if k != 'epoch' and isinstance(val_, float) and math.isfinite(val_): live.log_metric(k, val_)
-            live.next_step()
+        while st['epoch'] < c.epochs and not st['stopped'] and (stop_after is None or done_here < stop_after):
+            e = st['epoch']; lr_now = opt.param_groups[0]['lr']
+            losses = _train_epoch(model, ds, y_all, opt, c, torch.Generator().manual_seed(int(seed) * 1_000_003 + e), e == 0)
+            sched.step(); v = validate(); st['epoch'] = e + 1; done_here += 1
+            if _keep_best(st, v, e + 1, c.patience): best_ctx = pl.ctx.detach().cpu().clone()
+            rec = {'epoch': e + 1, 'lr': lr_now, **{f'train/{k}': s for k, s in losses.items()}, **v}
+            st['history'].append(_plain(rec)); _log_epoch(live, rec)
             with atomic_path(ckf) as t:
                 torch.save({'config': cfg, 'ctx': pl.ctx.detach().cpu(), 'best_ctx': best_ctx, 'optim': opt.state_dict(),
                             'sched': sched.state_dict(), 'state': _plain(st)}, t)
             bar.update(1); bar.set_postfix(loss=f"{rec['train/loss']:.4f}", **({'val_srcc': f"{v['val_srcc']:.4f}"} if v else {}))
     finally:
         bar.close(); live.end()
-    finished = st['epoch'] >= epochs or st['stopped']
+    finished = st['epoch'] >= c.epochs or st['stopped']
     if finished:
         with torch.no_grad(): pl.ctx.copy_(best_ctx)
     model._cache = None
@@ -558,17 +620,6 @@ def fit_prompts(model:QualiCLIPPlus, # the model (CLIP frozen); its prompt conte
                    'best_val_srcc': st['best'] if math.isfinite(st['best']) else None, 'val_srcc_start': st.get('val_srcc_start'),
                    'val_srcc_base': st.get('val_srcc_base'), 'last_train_loss': last.get('train/loss'), 'n_train': len(train),
                    'n_val': 0 if val is None else len(val), 'score_range': [lo, hi], 'train_time_s': round(time.perf_counter() - t0, 3)})
-
-# %% ../nbs/12_prompts.ipynb #de84fffe
-def prompts_recipe(params:str|dict|None=None, # a profile (file or dict) with a `prompts:` section, or None
-                   **given, # options given explicitly (None: not given)
-                  ) -> tuple[dict, dict]:
-    "(the recipe: `RECIPE` < the profile's `prompts:` < options given, the whole profile)."
-    p = (params if isinstance(params, dict) else load_params(params)) if params else {}
-    sec = p.get('prompts') or {}
-    unknown = sorted(set(sec) - set(RECIPE) - {'fit'})
-    if unknown: raise ValueError(f"prompts.{unknown[0]} in the params is not a recipe key; known: {sorted(RECIPE)} and fit.")
-    return {**RECIPE, **{k: v for k, v in sec.items() if k in RECIPE}, **{k: v for k, v in given.items() if v is not None}}, p
 
 # %% ../nbs/12_prompts.ipynb #55ee24c2
 def prompts_key(spec:str, # a T2 training side: `name` or `name[subset]`
@@ -627,28 +678,25 @@ def fit_prompts_cmd(weights:str, # QualiCLIP checkpoint (official layout) whose 
                     progress:bool=True, # tqdm bars
                    ) -> int:
     "Learn QualiCLIP+ prompts on a dataset's human scores (CLIP frozen) and report test SRCC before and after."
-    r, p = prompts_recipe(params, split=split, split_index=split_index, split_seed=split_seed, epochs=epochs, lr=lr,
-                          batch_size=batch_size, crop=crop, flip=flip, w_mse=w_mse, w_plcc=w_plcc, patience=patience,
-                          val_frac=val_frac, workers=workers, n_ctx=n_ctx, temperature=temperature)
+    loc = locals(); given = {f.name: loc[f.name] for f in fields(PromptsConfig)}   # the recipe options of this command
+    p = load_params(params) if params else {}
+    c = PromptsConfig.from_params(p, **given)
     seed = int(seed if seed is not None else p.get('seed', 0))
     dev = get_device(device or p.get('device') or 'auto')
     if root is None:
         root = str(repo_root()/(p.get('prepare') or {}).get('index', 'data/index')/f'{dataset}.csv')
     out, mfile, rundir = prompts_outputs(out, metrics, run, inputs=[weights, root, params])   # before any work
-    from qualiclip.model import resolve_weights
     weights = str(resolve_weights(weights))   # 'released': the authors' checkpoint, fetched once and checked
     _open_run(rundir, resume, create=False)   # its checkpoint too, before the model loads
-    tr, va, te, proto = prompt_splits(read_table(dataset, root, subset or None), dataset, r['split'], int(r['split_index']),
-                                      split_seed=int(r['split_seed']), val_frac=float(r['val_frac']), seed=seed)
+    tr, va, te, proto = prompt_splits(read_table(dataset, root, subset or None), dataset, c.split, c.split_index,
+                                      split_seed=c.split_seed, val_frac=c.val_frac, seed=seed)
     print(f"fit-prompts {dataset}{'[' + subset + ']' if subset else ''}: {len(tr)} train, {len(va)} val, {len(te)} test images ({proto})")
     model = QualiCLIPPlus.from_checkpoint(weights, backbone=backbone)
     bb = model.backbone if model.backbone in open_clip.list_models() else None
-    model.prompt_learner = PromptLearner(model.clip, model.prompts, int(r['n_ctx']), bb, seed=seed)   # the recipe's context, seeded
-    model.temperature = float(r['temperature']); model = model.to(dev).eval()
-    res = fit_prompts(model, tr, va, rundir, epochs=int(r['epochs']), lr=float(r['lr']), batch_size=int(r['batch_size']),
-                      crop=int(r['crop']), flip=bool(r['flip']), w_mse=float(r['w_mse']), w_plcc=float(r['w_plcc']),
-                      patience=int(r['patience']), seed=seed, workers=int(r['workers']), resume=resume, progress=progress)
-    res.update(dataset=dataset, subset=subset or None, protocol=proto, weights=str(weights), n_test=len(te), recipe=r, seed=seed)
+    model.prompt_learner = PromptLearner(model.clip, model.prompts, c.n_ctx, bb, seed=seed)   # the recipe's context, seeded
+    model.temperature = c.temperature; model = model.to(dev).eval()
+    res = fit_prompts(model, tr, va, rundir, c, seed=seed, resume=resume, progress=progress)
+    res.update(dataset=dataset, subset=subset or None, protocol=proto, weights=str(weights), n_test=len(te), recipe=c.to_dict(), seed=seed)
     if len(te) >= 3:
         f = image_features(model, te, progress=progress); qt = _quality(te)
         with torch.no_grad():

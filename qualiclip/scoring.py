@@ -11,7 +11,6 @@ __all__ = ['SCORERS', 'WEIGHT_KINDS', 'SCORER_INFO', 'BACKENDS', 'CLIPIQA_PROMPT
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
 import importlib, json, math, os, sys, tempfile, time, warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .core import ImageReadError, atomic_path, check_output, get_device, load_pil, resize_short_side, timed
-from .files import as_is, batch_capacity, check_options, check_pixels, expand_inputs, printable
-from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, resolve_weights
+from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, resize_short_side, run_measured, timed
+from .files import CPU_BATCH_PIXELS, SizeBatcher, as_is, check_options, check_pixels, expand_inputs, printable, resolve_batch_pixels
+from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, random_official_checkpoint, resolve_weights
 from .core import writes, csv_or_parts
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
@@ -264,7 +263,7 @@ class _Files(Dataset):
 def score_files(paths, # image files, folders, glob patterns or file lists (.txt, .lst, .parquet with a path column)
                 scorer, # a scorer (see `get_scorer`)
                 batch_size:int=16, # most images per forward pass (images of equal size only)
-                batch_pixels:int|None=2**24, # most pixels per forward pass: large images get smaller batches, one alone if need be (None: no budget)
+                batch_pixels:int|None=None, # most pixels per forward pass: large images get smaller batches, one alone if need be (None: the device's default, `files.default_batch_pixels`; 0: no budget)
                 max_pixels:int|None=40_000_000, # at native resolution, larger images get an error row instead of exhausting memory (None: no limit)
                 workers:int=0, # DataLoader worker processes decoding images (0: in the main process)
                 resize_short:int|None=None, # resize the shorter side to this many pixels (None: native resolution)
@@ -290,38 +289,27 @@ def score_files(paths, # image files, folders, glob patterns or file lists (.txt
         raise ValueError(f"{getattr(scorer, 'name', 'this model')} does not have the 7 prompt pairs of qualiclip.model.PROMPTS; aspects=True needs them.")
     emb, probs = {}, {}
     dev = torch.device(getattr(scorer, 'device', 'cpu'))
+    batch_pixels = resolve_batch_pixels(batch_pixels, dev)
     dl = DataLoader(_Files([rows[i]['path'] for i in todo], resize_short, max_pixels, variant), batch_size=None, shuffle=False,
                     num_workers=workers, collate_fn=as_is,
                     prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                     persistent_workers=False)
-    buckets, held, held_px, pending = OrderedDict(), 0, 0, []
-    cap, cap_px = max_buffered or 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
+
+    def run(x): return score_outputs(scorer, x, embeddings, names is not None)   # (scores, features or None, pair probabilities or None)
 
     def fail(idx, e):
         for j in idx: rows[j]['error'] = f"{rows[j]['path']}: {str(e) or type(e).__name__}"
 
-    def collect():  # scores stay on the device until here, so decoding and stacking overlap the forward passes
-        for idx, (s, f, pr) in pending:
-            try:
-                if f is not None: emb.update(zip(idx, f.float().cpu().numpy()))
-                if pr is not None: probs.update(zip(idx, pr.float().cpu().numpy()))
-                vals = s.float().cpu().tolist()
-            except Exception as e: fail(idx, e); continue
-            for j, v in zip(idx, vals):
-                if math.isfinite(v): rows[j]['score'] = v
-                else: rows[j]['error'] = (f"{rows[j]['path']}: the model gave a non-finite score ({v}); "
-                                          "check the checkpoint (NaN or inf weights?).")
-        pending.clear()
+    def take(idx, out):  # scores stay on the device until here, so decoding and stacking overlap the forward passes
+        s, f, pr = out
+        if f is not None: emb.update(zip(idx, f.float().cpu().numpy()))
+        if pr is not None: probs.update(zip(idx, pr.float().cpu().numpy()))
+        for j, v in zip(idx, s.float().cpu().tolist()):
+            if math.isfinite(v): rows[j]['score'] = v
+            else: rows[j]['error'] = (f"{rows[j]['path']}: the model gave a non-finite score ({v}); "
+                                      "check the checkpoint (NaN or inf weights?).")
 
-    def flush(key):
-        nonlocal held, held_px
-        idx, imgs = zip(*buckets.pop(key)); held -= len(idx); held_px -= len(idx) * key[0] * key[1]
-        buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
-        x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)  # (B,3,H,W) view in channels_last layout: no copy
-        try: pending.append((idx, score_outputs(scorer, x, embeddings, names is not None)))
-        except Exception as e: fail(idx, e)
-        if len(pending) >= 8: collect()
-        return len(idx)
+    batcher = SizeBatcher(run, take, fail, batch_size, batch_pixels, max_buffered, dev)
 
     interrupted = False
     with tqdm(total=len(todo), disable=not progress, desc=f'scoring ({getattr(scorer, "name", "model")})', unit='img') as bar:
@@ -330,16 +318,12 @@ def score_files(paths, # image files, folders, glob patterns or file lists (.txt
                 j = todo[k]
                 if err: rows[j]['error'] = err; bar.update(); continue
                 rows[j]['width'], rows[j]['height'] = w, h
-                key = tuple(img.shape[:2]); buckets.setdefault(key, []).append((j, img)); held += 1; held_px += key[0] * key[1]
-                if len(buckets[key]) >= batch_capacity(*key, batch_size, batch_pixels): bar.update(flush(key))
-                elif held > cap or held_px > cap_px:
-                    bar.update(flush(max(buckets, key=lambda q: len(buckets[q]) * q[0] * q[1])))
-            for key in list(buckets): bar.update(flush(key))
-            collect(); bar.update(len(todo) - bar.n)
+                bar.update(batcher.add(j, img))
+            batcher.finish(); bar.update(len(todo) - bar.n)
         except KeyboardInterrupt:
             if not keep_on_interrupt: raise
             interrupted = True
-            try: collect()   # what was computed before the interruption is kept
+            try: batcher.collect()   # what was computed before the interruption is kept
             except KeyboardInterrupt: pass
             for r in rows:
                 if not r['error'] and not math.isfinite(r['score']): r['error'] = INTERRUPTED
@@ -385,7 +369,7 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
               precision:str='auto', # image tower: auto (CUDA bf16, CPU fp32: exact), fp32, bf16 (fast on CPUs with AMX/AVX-512 bf16), fp16, int8 (ONNX Runtime), fast (the fastest CPU path within 1e-2 of fp32, measured once per machine)
               backend:str='auto', # torch, onnx (ONNX Runtime on the CPU: an .onnx file from `qualiclip export`, or the checkpoint exported once into ~/.cache/qualiclip), auto (onnx for an .onnx file or int8, else torch)
               batch_size:int=16, # most images per forward pass (images of equal size only)
-              batch_pixels:int=2**24, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); 0: no budget
+              batch_pixels:int|None=None, # most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); default 2**24 on a GPU, 2**20 on the CPU; 0: no budget
               max_pixels:int=40_000_000, # at native resolution, larger images get an error row instead of exhausting memory; 0: no limit
               workers:int=0, # processes decoding images
               resize_short:int|None=None, # resize the shorter side to this many pixels first (None: native resolution)
@@ -435,8 +419,8 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
         from qualiclip.shards import score_to_parts, weights_id
         return score_to_parts(paths, scorer, out, weights_id(weights, pretrained, prompts, niqe_params), embeddings=embeddings,
                               files_per_part=files_per_part, rank=rank, world_size=world_size, recursive=recursive, batch_size=batch_size,
-                              batch_pixels=batch_pixels or None, max_pixels=max_pixels or None, workers=workers, resize_short=resize_short)
-    run = dict(batch_size=batch_size, workers=workers, resize_short=resize_short, batch_pixels=batch_pixels or None,
+                              batch_pixels=batch_pixels, max_pixels=max_pixels or None, workers=workers, resize_short=resize_short)
+    run = dict(batch_size=batch_size, workers=workers, resize_short=resize_short, batch_pixels=batch_pixels,
                max_pixels=max_pixels or None, recursive=recursive, progress=True, keep_on_interrupt=True)
     if tta > 1:
         from qualiclip.calibrate import score_tta
@@ -470,7 +454,6 @@ def synthetic_jpegs(out_dir:str|Path, # folder to write into
                     quality:int=90, # JPEG quality
                    ) -> list[Path]:
     "Write `n` synthetic photo-like JPEG files and return their paths."
-    from PIL import Image
     g = torch.Generator().manual_seed(seed); out = []
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -578,20 +561,6 @@ def _baseline_main(argv):   # `python -m qualiclip.scoring WEIGHTS OUT FILES...`
     w, out, *files = argv
     pd.DataFrame({'path': files, 'score': one_at_a_time(files, w)}).to_csv(out, index=False)
 
-def _run_process(cmd:list, # the command line
-                 env:dict, # its environment
-                ) -> tuple[float, int, float, str]:
-    "Seconds, exit code, peak resident memory (MiB; NaN where the OS does not say) and the end of stderr of one process."
-    import subprocess
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter(); p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        if hasattr(os, 'wait4'):
-            _, status, ru = os.wait4(p.pid, 0); rc = os.waitstatus_to_exitcode(status); p.returncode = rc
-            rss = ru.ru_maxrss / (2**20 if sys.platform == 'darwin' else 2**10)   # bytes on macOS, KiB on Linux
-        else: rc, rss = p.wait(), math.nan
-        dt = time.perf_counter() - t0; err.seek(0)
-        return dt, rc, rss, err.read().decode(errors='replace')[-2000:]
-
 @writes()
 def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   width:int=1024, # their width
@@ -600,40 +569,42 @@ def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   batch_size:int=16, # `qualiclip score --batch-size`
                   workers:int=1, # `qualiclip score --workers`
                   precisions:list[str]=['fp32', 'bf16'], # `qualiclip score --precision` values to time (torch)
+                  batch_pixels:list[int]=[], # also time these `--batch-pixels` values with each precision (0: no budget; the CPU's default always runs)
                   onnx:list[str]=['fp32', 'int8'], # ONNX Runtime paths to time: `qualiclip score --weights model.onnx` of an fp32 / int8 export ([] : none)
                  ) -> int:
-    "Seconds and images/s of whole `qualiclip score --device cpu` processes (torch per precision, ONNX Runtime fp32/int8) against the one-image-at-a-time path."
+    "Seconds, images/s and peak memory of whole `qualiclip score --device cpu` processes (torch per precision and pixel budget, ONNX Runtime fp32/int8) against the one-image-at-a-time path."
     exe = [sys.executable, '-m', 'qualiclip.cli', 'score']
     rows, sizes = [], {}
-    from qualiclip.onnx import cpu_line
     with tempfile.TemporaryDirectory() as d:
         d = Path(d); files = [str(f) for f in synthetic_jpegs(d/'imgs', n, width, height)]
-        from qualiclip.model import random_official_checkpoint
         ck = str(random_official_checkpoint(d/'ck.pth', backbone, seed=0))
         env = dict(os.environ, HF_HUB_OFFLINE='1')
         opts = ['--device', 'cpu', '--batch-size', str(batch_size), '--workers', str(workers)]
         runs = [('one image at a time (fp32)', [sys.executable, '-m', 'qualiclip.scoring', ck, str(d/'base.csv'), *files], d/'base.csv')]
-        runs += [(f'qualiclip score --precision {p}', [*exe, str(d/'imgs'), '--weights', ck, '--precision', p, *opts, '--out', str(d/f'{p}.csv')], d/f'{p}.csv')
-                 for p in precisions]
+        for p in precisions:
+            for bp in [None, *batch_pixels]:
+                opt, tag = ([], 'default') if bp is None else (['--batch-pixels', str(bp)], str(bp))
+                runs.append((f'qualiclip score --precision {p}' + (f' --batch-pixels {bp}' if opt else ''),
+                             [*exe, str(d/'imgs'), '--weights', ck, '--precision', p, *opt, *opts, '--out', str(d/f'{p}-{tag}.csv')], d/f'{p}-{tag}.csv'))
         if onnx:
             from qualiclip.onnx import export_onnx   # exported once beforehand, as a user would (`qualiclip export`): not timed
             for q in onnx:
                 f = export_onnx(ck, d/f'model-{q}.onnx', quantize=None if q == 'fp32' else q); sizes[q] = round(f.stat().st_size / 2**20, 1)
                 runs.append((f'qualiclip score --weights model-{q}.onnx', [*exe, str(d/'imgs'), '--weights', str(f), *opts, '--out', str(d/f'onnx-{q}.csv')], d/f'onnx-{q}.csv'))
-        print(f"bench cpu-score: {n} JPEGs {width}x{height}, {backbone} random weights (speed only), whole processes, torch threads {torch.get_num_threads()}")
-        print(cpu_line())
+        cpu = cpu_info()
+        print(f"bench cpu-score: {n} JPEGs {width}x{height}, {backbone} random weights (speed only), whole processes; CPU {cpu['cpu']} "
+              f"({cpu['cores']} cores, flags {' '.join(cpu['flags']) or 'none of avx2/avx512/amx'}); default --batch-pixels on the CPU {CPU_BATCH_PIXELS}")
         if sizes: print('ONNX files: ' + ', '.join(f'{q} {mb} MiB' for q, mb in sizes.items()))
         for name, cmd, out in runs:
-            dt, rc, rss, err = _run_process(cmd, env)
-            if rc: print(err, file=sys.stderr); return 1
-            rows.append({'path': name, 'seconds': round(dt, 2), 'images_per_s': round(n / dt, 3), 'peak_rss_mib': round(rss),
-                         'scores': pd.read_csv(out).score.to_numpy()})
+            r = run_measured(cmd, env)
+            if r['returncode']: print(r['stderr'], file=sys.stderr); return 1
+            rows.append({'path': name, 'seconds': round(r['seconds'], 2), 'images_per_s': round(n / r['seconds'], 3),
+                         'peak_rss_mib': round(r['peak_rss_mib']), 'scores': pd.read_csv(out).score.to_numpy()})
     base = rows[0]
     for r in rows: r['speedup'] = round(base['seconds'] / r['seconds'], 2); r['max_abs_diff'] = float(np.abs(r.pop('scores') - base['scores']).max()) if r is not base else 0.0
     base.pop('scores', None)
     print(pd.DataFrame(rows).to_string(index=False))
-    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, 'cpu': cpu_line(),
-                      'onnx_mib': sizes, 'rows': rows}))
+    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, **cpu, 'rows': rows}))
     return 0
 
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'scoring.py': _baseline_main(sys.argv[1:])

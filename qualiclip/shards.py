@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .core import (FOLDER_MARK, IMAGE_EXTS, ImageReadError, OutputError, atomic_path, check_output, folder_mark,
                             leftover_temporaries, load_pil, mark_folder, resize_short_side, state_sha256)
-from .files import LIST_EXTS, as_is, batch_capacity, check_pixels, expand_inputs, is_file_list, printable, read_file_list
+from .files import (LIST_EXTS, SizeBatcher, as_is, check_pixels, expand_inputs, is_file_list, printable, read_file_list,
+                             resolve_batch_pixels)
 from .core import writes
 
 # %% auto #0
@@ -432,14 +433,13 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 out:str|Path, # output folder
                 job:dict, # `job_settings`
                 batch_size:int=16, # most images per forward pass
-                batch_pixels:int|None=2**24, # most pixels per forward pass (None: no budget)
+                batch_pixels:int|None=None, # most pixels per forward pass (None: the device's default, `files.default_batch_pixels`; 0: no budget)
                 max_pixels:int|None=40_000_000, # at native resolution, larger images get an error row (None: no limit)
                 workers:int=0, # DataLoader workers decoding (each reads whole parts)
                 resize_short:int|None=None, # resize the shorter side first (None: native resolution)
                 progress:bool=True, # tqdm bar over parts
                ) -> dict:
     "Score and write the parts not yet complete in `out`; counts of parts written and skipped, rows, failed rows; remote shards cut off."
-    from collections import OrderedDict
     out = parts_folder(out)   # new, empty or a parts folder: marked as one
     emb = job['embeddings']
     if emb and not hasattr(scorer, 'score_and_embed'): raise ValueError(f"--embeddings: {job['model']} has no image embedding; drop the option.")
@@ -457,37 +457,25 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
     nw = min(workers, len(todo))
     dl = DataLoader(PartStream(todo, resize_short, max_pixels), batch_size=None, num_workers=nw, collate_fn=as_is,
                     prefetch_factor=max(2, batch_size // max(nw, 1)) if nw else None)
-    buckets, pending = OrderedDict(), []
-    held, held_px, cap, cap_px = 0, 0, 4 * batch_size, 4 * batch_pixels if batch_pixels else math.inf
 
     def fail(refs, e):
         for k, n in refs: rows[k][n]['error'] = f"{rows[k][n]['id']}: {str(e) or type(e).__name__}"
 
-    def collect():
-        for refs, (s, pr, f) in pending:
-            try: s, pr, f = s.float().cpu().tolist(), (pr.float().cpu().numpy() if pr is not None else None), \
-                            (f.half().cpu().numpy() if f is not None else None)
-            except Exception as e: fail(refs, e); continue
-            for j, (k, n) in enumerate(refs):
-                r = rows[k][n]
-                if not math.isfinite(s[j]): r['error'] = f"{r['id']}: the model gave a non-finite score ({s[j]}); check the checkpoint."; continue
-                r['score'] = s[j]; r['probs'] = pr[j] if pr is not None else None; r['emb'] = f[j] if f is not None else None
-        pending.clear()
+    def take(refs, out):
+        s, pr, f = out
+        s, pr, f = s.float().cpu().tolist(), (pr.float().cpu().numpy() if pr is not None else None), \
+                   (f.half().cpu().numpy() if f is not None else None)
+        for j, (k, n) in enumerate(refs):
+            r = rows[k][n]
+            if not math.isfinite(s[j]): r['error'] = f"{r['id']}: the model gave a non-finite score ({s[j]}); check the checkpoint."; continue
+            r['score'] = s[j]; r['probs'] = pr[j] if pr is not None else None; r['emb'] = f[j] if f is not None else None
 
-    def flush(key):
-        nonlocal held, held_px
-        refs, imgs = zip(*buckets.pop(key)); held -= len(refs); held_px -= len(refs) * key[0] * key[1]
-        buf = torch.empty((len(imgs), *imgs[0].shape), dtype=torch.uint8, pin_memory=dev.type == 'cuda')
-        x = torch.stack(imgs, out=buf).permute(0, 3, 1, 2)
-        try: pending.append((refs, _outputs(scorer, x, emb)))
-        except Exception as e: fail(refs, e)
-        if len(pending) >= 8: collect()
+    batcher = SizeBatcher(lambda x: _outputs(scorer, x, emb), take, fail, batch_size, resolve_batch_pixels(batch_pixels, dev), device=dev)
 
     with tqdm(total=len(todo), disable=not progress, desc=f"parts ({job['model']})", unit='part') as bar:
         for k, n, rid, img, w, h, err in dl:
             if n < 0:   # the part's last image has come: score what it still has waiting, then write it
-                for key in [q for q in buckets if any(ref[0] == k for ref, _ in buckets[q])]: flush(key)
-                collect()
+                batcher.flush_where(lambda ref: ref[0] == k); batcher.collect()
                 rk = rows.pop(k)
                 if todo[k]['kind'] == 'tar' and not _is_local(todo[k]['input']) and rk and rk[-1]['id'].endswith('#'):
                     stats['unfinished'].append(rk[-1]['error']); bar.update(); continue   # a remote shard cut off: retried next run
@@ -497,9 +485,7 @@ def score_parts(parts:list[dict], # this process's parts (`my_parts`)
                 bar.update(); bar.set_postfix(rows=stats['rows']); continue
             rows[k].append({'id': rid, 'width': w, 'height': h, 'error': err, 'score': math.nan, 'probs': None, 'emb': None})
             if err: continue
-            key = tuple(img.shape[:2]); buckets.setdefault(key, []).append(((k, n), img)); held += 1; held_px += key[0] * key[1]
-            if len(buckets[key]) >= batch_capacity(*key, batch_size, batch_pixels): flush(key)
-            elif held > cap or held_px > cap_px: flush(max(buckets, key=lambda q: len(buckets[q]) * q[0] * q[1]))
+            batcher.add((k, n), img)
     return stats
 
 # %% ../nbs/15_shards.ipynb #995dfbb1

@@ -15,18 +15,18 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .core import atomic_path, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, timed
+from .core import atomic_path, autocast_dtype, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, rate
 from .core import FOLDER_MARK, OutputError, check_output, folder_mark, mark_folder
 from .losses import qualiclip_loss
-from .pairs import derive_seed
+from .pairs import derive_seed, PristineFolder, make_pairs, level_order_violations, PairStream
 from .core import writes
 
 # %% auto #0
-__all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'autocast_dtype',
-           'pristine_dataset', 'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state',
-           'bn_has_statistics', 'Trainer', 'CheckpointWriteError', 'write_errors', 'is_training_checkpoint',
-           'run_state', 'run_kind', 'check_run_folder', 'adopt_run', 'move_aside', 'resume_decision', 'trim_live',
-           'check_live', 'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'bench_train',
+__all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'cleanup_distributed', 'lr_factor', 'pristine_dataset',
+           'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state', 'bn_has_statistics',
+           'Trainer', 'CheckpointWriteError', 'write_errors', 'is_training_checkpoint', 'run_state', 'run_kind',
+           'check_run_folder', 'adopt_run', 'move_aside', 'resume_decision', 'trim_live', 'check_live',
+           'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'time_steps', 'bench_train',
            'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
@@ -230,14 +230,6 @@ def lr_factor(step:int, # optimisation steps already taken
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
-# %% ../nbs/05_train.ipynb #3ba7cecd
-def autocast_dtype(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
-                   device:torch.device, # training device
-                  ) -> torch.dtype|None:
-    "The autocast dtype for a precision setting (None = fp32, no autocast)."
-    if precision == 'auto': precision = 'bf16' if device.type == 'cuda' else 'fp32'
-    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
-
 # %% ../nbs/05_train.ipynb #d20b4615
 def pristine_dataset(folder:str|None, # folder (or files/globs) of pristine images; None = the demo photos
                      split:str='train', # demo split used when folder is None
@@ -246,7 +238,6 @@ def pristine_dataset(folder:str|None, # folder (or files/globs) of pristine imag
                      seed:int=0, # seed of the random resize
                     ) -> torch.utils.data.Dataset:
     "The pristine images as a `PristineFolder` (uint8 (3,H,W) tensors, decoded and resized by loader workers)."
-    from qualiclip.pairs import PristineFolder
     return PristineFolder(demo_folder(split) if folder is None else folder, scale=tuple(scale),
                           min_short=crop, seed=seed)
 
@@ -277,7 +268,6 @@ def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float
                  balanced:bool=True, # every type equally often (repeat r of image m: type (r + m*T//M) mod T)
                 ) -> tuple:
     "Fixed validation crops: (x (N,3,S,S) on the CPU, level (N,), sample id (N,)), N <= images*repeats*levels."
-    from qualiclip.pairs import make_pairs, level_order_violations
     device = torch.device(device); g = make_generator(seed, device)
     ims = [im.to(device) for im in images] * repeats
     comps = None
@@ -461,7 +451,6 @@ def step(self:Trainer, pairs:Tensor) -> dict:
 @patch
 def stream(self:Trainer, start:int=0) -> 'PairStream':
     "This process's training stream (`qualiclip.pairs.PairStream`, what `bench pairs` measures) from batch `start`."
-    from qualiclip.pairs import PairStream
     c = self.cfg
     return PairStream(c.pristine, c.batch_size, c.crop, c.levels, c.max_offset, c.max_distortions, self.device,
                       c.workers, c.seed, scale=c.scale, rank=self.rank, world=self.world, start=start)
@@ -881,11 +870,19 @@ def train_cmd(params:str|None=None, # a profile (params.yaml): its training reci
 train_cmd.__config__ = TrainConfig  # the CLI adds one option per field
 
 # %% ../nbs/05_train.ipynb #8d828818
-def _timed(tr:Trainer, batches, n:int, warmup:int) -> float:
-    "Crops per second of `n` steps after `warmup` steps."
-    c = tr.cfg
+def time_steps(tr:Trainer, # a trainer
+               batches, # iterator of its batches (`Trainer.batches`; `itertools.repeat` of one batch: the model alone)
+               seconds:float|None=None, # step until this many seconds have passed (None: exactly `max_steps` steps, timed together)
+               max_steps:int|None=None, # at most this many timed steps
+               warmup:int=0, # untimed steps first
+              ) -> tuple[float, int, float]:
+    "(crops per second, timed steps, seconds) of `Trainer.step`: the training timer of `bench_train` and the GPU benchmark."
+    c = tr.cfg; per = c.batch_size * 2 * c.levels * tr.world
     for _ in range(warmup): tr.step(next(batches))
-    return timed(lambda: [tr.step(next(batches)) for _ in range(n)], n * c.batch_size * 2 * c.levels * tr.world, None, tr.device)
+    if seconds is None:
+        r, _, el = rate(lambda: [tr.step(next(batches)) for _ in range(max_steps)], max_steps * per, None, tr.device)
+        return r, max_steps, el
+    return rate(lambda: tr.step(next(batches)), per, seconds, tr.device, max_calls=max_steps)
 
 # %% ../nbs/05_train.ipynb #20f4be0a
 def bench_train(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-tiny'
@@ -911,8 +908,8 @@ def bench_train(backbone:str='RN50-quickgelu', # open_clip config or 'qualiclip-
     tr = Trainer(cfg)
     data = tr.batches()
     fixed = next(data)
-    model_only = _timed(tr, itertools.repeat(fixed), steps, warmup)
-    e2e = _timed(tr, data, steps, warmup)
+    model_only = time_steps(tr, itertools.repeat(fixed), None, steps, warmup)[0]
+    e2e = time_steps(tr, data, None, steps, warmup)[0]
     ips = e2e / (2 * levels)
     r = {'backbone': backbone, 'crop': crop, 'levels': levels, 'batch_size': batch_size, 'device': str(tr.device),
          'precision': str(tr.amp or 'fp32').replace('torch.', ''), 'compile': compile, 'world_size': tr.world,

@@ -5,7 +5,8 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from qualiclip.core import repo_root
-from qualiclip.prompts import RECIPE, prompts_key, prompts_recipe
+from dataclasses import fields
+from qualiclip.prompts import PromptsConfig, prompts_key
 
 ROOT = repo_root()
 PROFILES = ['params.yaml'] + sorted(str(f.relative_to(ROOT)) for f in (ROOT / 'params').glob('*.yaml'))   # every profile
@@ -16,9 +17,9 @@ def test_profile_prompts_section(f):
     from qualiclip.config import load_profile
     p = load_profile(str(ROOT / f))   # overlays resolved, defaults filled in
     sec = p['prompts']
-    assert set(sec) == set(RECIPE) | {'fit'}, f"{f}: prompts keys differ from the recipe"
-    recipe, _ = prompts_recipe(ROOT / f)
-    assert recipe['n_ctx'] == 16 and recipe['temperature'] == 2.0
+    assert set(sec) == {k.name for k in fields(PromptsConfig)} | {'fit'}, f"{f}: prompts keys differ from the recipe"
+    recipe = PromptsConfig.from_params(ROOT / f)
+    assert recipe.n_ctx == 16 and recipe.temperature == 2.0
     # every T2 training side has its prompts, under the key the T2 notebook looks for
     sides = {pair.split('>')[0] for pair in p['paper']['T2_cross_dataset']['pairs']}
     assert {prompts_key(s) for s in sides} == set(sec['fit']), f"{f}: prompts.fit keys must be the T2 training sides"
@@ -28,8 +29,8 @@ def test_profile_prompts_section(f):
 
 
 def test_paper_recipe_is_pyiqas():
-    r, _ = prompts_recipe(ROOT / 'params/paper.yaml')
-    assert (r['epochs'], r['lr'], r['batch_size'], r['crop'], r['flip'], r['w_mse'], r['w_plcc']) == (50, 0.002, 8, 384, True, 1.0, 1.0)
+    r = PromptsConfig.from_params(ROOT / 'params/paper.yaml')
+    assert (r.epochs, r.lr, r.batch_size, r.crop, r.flip, r.w_mse, r.w_plcc) == (50, 0.002, 8, 384, True, 1.0, 1.0)
 
 
 def test_dvc_stage():

@@ -64,6 +64,8 @@ os.environ.setdefault('DVC_NO_ANALYTICS', '1')
 import numpy as np
 import torch
 
+from qualiclip.core import rate, sync_device
+
 SECTIONS = ('parity', 'decode', 'score', 'pairs', 'train')
 
 # name: (section, unit, goal as (op, value) or None, reference on one H200 (context only), needs CUDA)
@@ -182,19 +184,6 @@ def _goal_text(name:str) -> str|None:
     return f'{goal[0]} {goal[1]:g}'
 
 
-def _sync(dev:torch.device):
-    if dev.type == 'cuda': torch.cuda.synchronize(dev)
-
-
-def rate(fn, per_call:int, seconds:float, dev:torch.device, min_calls:int=1) -> tuple[float, int]:
-    "(items/s, calls) of `fn` (handling `per_call` items each call), called until `seconds` have passed."
-    _sync(dev); t0 = time.perf_counter(); calls = 0
-    while True:
-        fn(); calls += 1; _sync(dev)
-        el = time.perf_counter() - t0
-        if el >= seconds and calls >= min_calls: return per_call * calls / el, calls
-
-
 def jpeg_folder(out:Path, n:int, width:int, height:int, threads:int=8) -> list[Path]:
     "`n` synthetic photo-like JPEGs (qualiclip.scoring.synthetic_jpegs), written by several threads."
     from qualiclip.scoring import synthetic_jpegs
@@ -238,11 +227,11 @@ def environment(args, dev:torch.device, cfg:dict) -> dict:
 def parity_images(short:int, distorted:bool=True) -> list[torch.Tensor]:
     "The demo photos resized to `short` px on the shorter side, each also blurred, noised and JPEG-compressed at levels 1, 3, 5."
     from qualiclip.core import DEMO_PHOTOS, demo_photo
-    from qualiclip.model import _prep_image
+    from qualiclip.model import prep_image
     from qualiclip.distortions import distort
     g = torch.Generator().manual_seed(0); out = []
     for n in DEMO_PHOTOS:
-        im = _prep_image(torch.from_numpy(demo_photo(n)).permute(2, 0, 1), short)
+        im = prep_image(torch.from_numpy(demo_photo(n)).permute(2, 0, 1), short)
         out.append(im)
         if distorted:
             for t in ('gaublur', 'whitenoise', 'jpeg'):
@@ -314,11 +303,11 @@ def pil_decode(path) -> np.ndarray:
 def sec_decode(run:Run, dev:torch.device, cfg:dict, files:list):
     t = cfg['t']['decode']; cpu = torch.device('cpu'); W, H = cfg['width'], cfg['height']
     it = iter(range(10**12))
-    r, _ = rate(lambda: pil_decode(files[next(it) % len(files)]), 1, t, cpu)
+    r, _, _ = rate(lambda: pil_decode(files[next(it) % len(files)]), 1, t, cpu)
     run.figure('jpeg_decode_pil_per_thread', r, size=f'{W}x{H}', decoder='PIL (qualiclip.core.load_pil)', threads=1)
     k = os.cpu_count() or 1
     with ThreadPoolExecutor(k) as ex:
-        r, _ = rate(lambda: list(ex.map(pil_decode, files)), len(files), t, cpu)
+        r, _, _ = rate(lambda: list(ex.map(pil_decode, files)), len(files), t, cpu)
     run.figure('jpeg_decode_pil_all_threads', r, size=f'{W}x{H}', decoder='PIL (qualiclip.core.load_pil)', threads=k)
     from torchvision.io import read_file
     B = cfg['nvjpeg_batch']
@@ -327,20 +316,16 @@ def sec_decode(run:Run, dev:torch.device, cfg:dict, files:list):
         out = nvjpeg_decode(datas[:2], cpu)   # dry run of the call on the CPU
         run.skip('jpeg_decode_nvjpeg_batch64', 'no CUDA', dry_run=f'decode_jpeg on the CPU gave {tuple(out[0].shape)}')
         return
-    nvjpeg_decode(datas, dev); _sync(dev)   # warm-up (decoder handles)
-    r, calls = rate(lambda: nvjpeg_decode(datas, dev), B, t, dev)
+    nvjpeg_decode(datas, dev); sync_device(dev)   # warm-up (decoder handles)
+    r, calls, _ = rate(lambda: nvjpeg_decode(datas, dev), B, t, dev)
     run.figure('jpeg_decode_nvjpeg_batch64', r, size=f'{W}x{H}', batch=B, calls=calls,
                decoder='torchvision.io.decode_jpeg(list, device=cuda)', note='file bytes already in memory')
 
 
 # ---------------------------------------------------------------------------------------------------- score
-def _score_files_kwargs(batch:int, workers:int) -> dict:
-    "Arguments of score_files for a fixed batch (no pixel budget, where the library has one)."
-    import inspect
-    from qualiclip.scoring import score_files
-    kw = dict(batch_size=batch, workers=workers, progress=False)
-    if 'batch_pixels' in inspect.signature(score_files).parameters: kw['batch_pixels'] = None
-    return kw
+def score_files_kwargs(batch:int, workers:int) -> dict:
+    "Arguments of score_files for a fixed batch: no pixel budget (0)."
+    return dict(batch_size=batch, workers=workers, progress=False, batch_pixels=0)
 
 
 def sec_score(run:Run, dev:torch.device, cfg:dict, files:list):
@@ -356,26 +341,26 @@ def sec_score(run:Run, dev:torch.device, cfg:dict, files:list):
     # model only: decoded images already on the device, the batches `score_files` would form
     imgs = [torch.from_numpy(pil_decode(f)) for f in files]
     batches = [torch.stack(imgs[i:i + B]).to(dev).permute(0, 3, 1, 2) for i in range(0, len(imgs) - B + 1, B)]
-    model.score_batch(batches[0]); _sync(dev)   # warm-up
+    model.score_batch(batches[0]); sync_device(dev)   # warm-up
     it = iter(range(10**12))
-    mo, _ = rate(lambda: model.score_batch(batches[next(it) % len(batches)]), B, tt['model'], dev, min_calls=2)
+    mo, _, _ = rate(lambda: model.score_batch(batches[next(it) % len(batches)]), B, tt['model'], dev, min_calls=2)
     run.figure('score_model_only', mo, size=f'{W}x{H}', batch=B, channels_last=True, **common,
                note='QualiCLIP.score_batch on uint8 batches already on the device')
     b224 = torch.randint(0, 256, (cfg['batch224'], 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(dev)
-    model.score_batch(b224); _sync(dev)
-    r224, _ = rate(lambda: model.score_batch(b224), len(b224), tt['model'] / 2, dev, min_calls=2)
+    model.score_batch(b224); sync_device(dev)
+    r224, _, _ = rate(lambda: model.score_batch(b224), len(b224), tt['model'] / 2, dev, min_calls=2)
     run.figure('score_model_only_224', r224, size='224x224', batch=len(b224), channels_last=True, **common)
     # end to end: the `qualiclip score` code path; a first call sizes the timed one to about tt['e2e'] seconds
-    kw = _score_files_kwargs(B, cfg['score_workers'])
-    n0 = max(4 * B, len(files))
-    t0 = time.perf_counter(); df = score_files([files[i % len(files)] for i in range(n0)], model, **kw)
-    est = n0 / (time.perf_counter() - t0)
+    kw = score_files_kwargs(B, cfg['score_workers'])
+    n0 = max(4 * B, len(files)); got = {}
+    def run_files(paths): got['df'] = score_files(paths, model, **kw)
+    first = [files[i % len(files)] for i in range(n0)]
+    est, _, _ = rate(lambda: run_files(first), n0, None, dev)
     n = int(min(max(n0, est * tt['e2e']), 50_000)) // B * B or B
     paths = [files[i % len(files)] for i in range(n)]
-    _sync(dev); t0 = time.perf_counter(); df = score_files(paths, model, **kw); _sync(dev); el = time.perf_counter() - t0
+    e2e, _, el = rate(lambda: run_files(paths), n, None, dev); df = got['df']
     bad = int(df.score.isna().sum())
     if bad: raise RuntimeError(f'score_files failed on {bad} of {n} files: {df.error[df.score.isna()].iloc[0]}')
-    e2e = n / el
     ratio = e2e / mo
     run.figure('score_end_to_end', e2e, met=bool(e2e >= 700 and ratio >= 0.90), size=f'{W}x{H}', batch=B,
                workers=cfg['score_workers'], images=n, unique_files=len(files), seconds=round(el, 2), **common,
@@ -389,7 +374,7 @@ def sec_score(run:Run, dev:torch.device, cfg:dict, files:list):
             return float(authors.logits_to_score(authors.similarities(x))[0])
     one(files[0])
     it = iter(range(10**12))
-    ra, calls = rate(lambda: one(files[next(it) % len(files)]), 1, tt['authors'], dev, min_calls=2)
+    ra, calls, _ = rate(lambda: one(files[next(it) % len(files)]), 1, tt['authors'], dev, min_calls=2)
     run.figure('score_authors_style', ra, size=f'{W}x{H}', batch=1, images=calls, backbone=cfg['backbone'], weights='random',
                precision='fp16' if am_dt else 'fp32', channels_last=False, device=str(dev))
 
@@ -421,21 +406,9 @@ def _trainer(cfg:dict, dev:torch.device, pristine:str, compile:bool, out:str):
     return Trainer(tc)
 
 
-def _steps(tr, batches, seconds:float, max_steps:int, dev:torch.device) -> tuple[float, int, float]:
-    "(crops/s, steps, seconds) of Trainer.step on `batches`, until `seconds` have passed or `max_steps` were taken."
-    c = tr.cfg; per = c.batch_size * 2 * c.levels * tr.world
-    _sync(dev); t0 = time.perf_counter(); n = 0
-    while n < max_steps:
-        tr.step(next(batches)); n += 1
-        if n % 10 == 0 or n == max_steps or seconds < 5:
-            _sync(dev)
-            if time.perf_counter() - t0 >= seconds: break
-    _sync(dev); el = time.perf_counter() - t0
-    return n * per / el, n, el
-
-
 def sec_train(run:Run, dev:torch.device, cfg:dict, pristine:str, quick_compile_backend:str|None):
     import itertools
+    from qualiclip.train import time_steps
     tt = cfg['t']; crops = cfg['train_batch'] * 2 * cfg['levels']
     common = dict(backbone=cfg['backbone'], weights='random', crop=cfg['crop'], levels=cfg['levels'], batch_crops=crops,
                   precision='bf16' if dev.type == 'cuda' else 'fp32', channels_last=True, device=str(dev),
@@ -444,19 +417,17 @@ def sec_train(run:Run, dev:torch.device, cfg:dict, pristine:str, quick_compile_b
         tr = _trainer(cfg, dev, pristine, False, d + '/eager')
         data = tr.batches(); fixed = next(data)
         for _ in range(cfg['warmup']): tr.step(fixed)
-        mo, n, _ = _steps(tr, itertools.repeat(fixed), tt['eager'], 10**9, dev)
+        mo, n, _ = time_steps(tr, itertools.repeat(fixed), tt['eager'], 10**9)
         run.figure('train_model_only_eager', mo, steps=n, compile=False, **common)
         backend, compile_error = None, None
         try:   # the compiled trainer; if compiling fails, the end-to-end slice runs on the eager one
             ctr = _trainer(cfg, dev, pristine, True, d + '/compiled')
             cdata = ctr.batches(); cfixed = next(cdata)
-            _sync(dev); t0 = time.perf_counter()
-            for _ in range(cfg['warmup']): ctr.step(cfixed)
-            _sync(dev)
+            _, _, warm_s = time_steps(ctr, itertools.repeat(cfixed), None, cfg['warmup'])
             name = quick_compile_backend or 'inductor'
-            run.figure('train_compile_warmup_s', time.perf_counter() - t0, steps=cfg['warmup'], compile_backend=name,
+            run.figure('train_compile_warmup_s', warm_s, steps=cfg['warmup'], compile_backend=name,
                        note='first steps of the compiled trainer, compilation included')
-            cmo, n, _ = _steps(ctr, itertools.repeat(cfixed), tt['compiled'], 10**9, dev)
+            cmo, n, _ = time_steps(ctr, itertools.repeat(cfixed), tt['compiled'], 10**9)
             run.figure('train_model_only_compiled', cmo, steps=n, compile=True, compile_backend=name, **common)
             tr, data, fixed, mo, backend = ctr, cdata, cfixed, cmo, name
         except Exception as e:
@@ -467,7 +438,7 @@ def sec_train(run:Run, dev:torch.device, cfg:dict, pristine:str, quick_compile_b
         if dev.type == 'cuda': torch.cuda.empty_cache()
         for _ in range(cfg['warmup']): tr.step(next(data))   # loader workers started, prefetch filled
         slice_s = max(1.0, min(tt['slice'], run.left() - 20))
-        e2e, n, el = _steps(tr, data, slice_s, cfg['max_slice_steps'], dev)
+        e2e, n, el = time_steps(tr, data, slice_s, cfg['max_slice_steps'])
         pe = dict(pristine=f"{cfg['n_pristine']} synthetic {cfg['pristine_wh'][0]}x{cfg['pristine_wh'][1]} JPEGs",
                   workers=cfg['train_workers'], max_distortions=cfg['max_distortions'])
         how = dict(compile=backend is not None, compile_backend=backend, **({'compile_error': compile_error} if compile_error else {}))
