@@ -98,7 +98,7 @@ def make_generator(seed:int, # the seed
     "A seeded `torch.Generator` on `device`."
     g = torch.Generator(device=get_device(device)); g.manual_seed(int(seed)); return g
 
-# %% ../nbs/00_core.ipynb #f87d98cb
+# %% ../nbs/00_core.ipynb #c44511e7
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')   # the `precision` settings of scoring and training
 
 def autocast_dtype(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
@@ -159,7 +159,7 @@ def state_sha256(scorer, # a model or scorer (anything with `state_dict`), or a 
     else: return None
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #1450f8cb
+# %% ../nbs/00_core.ipynb #c4b6a3a5
 def cpu_info() -> dict:
     "The CPU that CPU figures were measured on: model name, its vector and matrix flags (avx2, avx512f, avx512_bf16, amx*), cores."
     name, flags = platform.processor() or platform.machine(), set()

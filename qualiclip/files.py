@@ -118,7 +118,7 @@ def check_options(batch_size:int=1, # most images per forward pass: at least 1
     for name, v, zero in [('batch-pixels', batch_pixels, 'no budget'), ('max-pixels', max_pixels, 'no limit'), ('workers', workers, 'decode in this process')]:
         if v is not None and v < 0: raise ValueError(f"--{name} {v}: give a number >= 0 (0: {zero}).")
 
-# %% ../nbs/03b_files.ipynb #4445f485
+# %% ../nbs/03b_files.ipynb #bc75389a
 class SizeBatcher:
     "Batches of equal-size images, at most `batch_size` images and `batch_pixels` pixels each, run as they fill."
     def __init__(self, run, # run(x): the outputs, left on the device, of a (B,3,H,W) uint8 batch (channels-last view)
