@@ -7,7 +7,7 @@ __all__ = ['SCORERS', 'WEIGHT_KINDS', 'SCORER_INFO', 'BACKENDS', 'CLIPIQA_PROMPT
            'TTA_CROP', 'INTERRUPTED', 'register_scorer', 'scorer_spec', 'qualiclip_scorer', 'set_precision',
            'get_scorer', 'make_scorer', 'build_scorer', 'clipiqa_scorer', 'tta_variant', 'scorer_aspects',
            'score_outputs', 'score_files', 'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'bench_shards',
-           'one_at_a_time', 'bench_cpu_cmd']
+           'one_at_a_time', 'cost_breakdown', 'bench_cpu_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
 import importlib, json, math, os, sys, tempfile, time, warnings
@@ -20,9 +20,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, resize_short_side, run_measured, timed
+from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, rate, resize_short_side, run_measured, timed
 from .files import CPU_BATCH_PIXELS, SizeBatcher, as_is, check_options, check_pixels, expand_inputs, printable, resolve_batch_pixels
-from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, random_official_checkpoint, resolve_weights
+from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, attnpool_nopos, random_official_checkpoint, resolve_weights
 from .core import writes, csv_or_parts
 
 # %% ../nbs/03a_scoring.ipynb #e2a87c00
@@ -561,6 +561,25 @@ def _baseline_main(argv):   # `python -m qualiclip.scoring WEIGHTS OUT FILES...`
     w, out, *files = argv
     pd.DataFrame({'path': files, 'score': one_at_a_time(files, w)}).to_csv(out, index=False)
 
+def cost_breakdown(files:list, # image files
+                   model:QualiCLIP, # a QualiCLIP model on the CPU
+                   seconds:float=0, # repeat each part until this many seconds have passed (0: once)
+                  ) -> dict:
+    "Seconds per image of each part of scoring, in this process: decode (PIL), trunk (normalisation and ResNet), pool and head."
+    imgs = []
+    def decode(): imgs[:] = [torch.from_numpy(np.array(load_pil(f))).permute(2, 0, 1) for f in files]
+    dec = rate(decode, len(files), seconds, 'cpu')[0]
+    v = model.clip.visual; feats = []
+    def trunk():
+        with torch.no_grad():
+            feats[:] = [v.layer4(v.layer3(v.layer2(v.layer1(v.stem((x[None].float() / 255 - model.mean) / model.std))))) for x in imgs]
+    tr = rate(trunk, len(files), seconds, 'cpu')[0]
+    def head():
+        with torch.no_grad():
+            for f in feats: model.logits_to_score(model.features_to_cos(torch.nn.functional.normalize(attnpool_nopos(v.attnpool, f).float(), dim=-1)))
+    hd = rate(head, len(files), seconds, 'cpu')[0]
+    return {'decode_s': round(1 / dec, 4), 'trunk_s': round(1 / tr, 4), 'pool_head_s': round(1 / hd, 4)}
+
 @writes()
 def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   width:int=1024, # their width
@@ -571,6 +590,7 @@ def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
                   precisions:list[str]=['fp32', 'bf16'], # `qualiclip score --precision` values to time (torch)
                   batch_pixels:list[int]=[], # also time these `--batch-pixels` values with each precision (0: no budget; the CPU's default always runs)
                   onnx:list[str]=['fp32', 'int8'], # ONNX Runtime paths to time: `qualiclip score --weights model.onnx` of an fp32 / int8 export ([] : none)
+                  breakdown:bool=True, # also time decode, trunk and pool+head per image in this process (`cost_breakdown`)
                  ) -> int:
     "Seconds, images/s and peak memory of whole `qualiclip score --device cpu` processes (torch per precision and pixel budget, ONNX Runtime fp32/int8) against the one-image-at-a-time path."
     exe = [sys.executable, '-m', 'qualiclip.cli', 'score']
@@ -600,11 +620,14 @@ def bench_cpu_cmd(n:int=32, # number of synthetic JPEG files
             if r['returncode']: print(r['stderr'], file=sys.stderr); return 1
             rows.append({'path': name, 'seconds': round(r['seconds'], 2), 'images_per_s': round(n / r['seconds'], 3),
                          'peak_rss_mib': round(r['peak_rss_mib']), 'scores': pd.read_csv(out).score.to_numpy()})
+        parts = cost_breakdown(files, QualiCLIP.from_checkpoint(ck, device='cpu').eval()) if breakdown else {}
+        if parts: print('per image, torch fp32 in one process: ' + ', '.join(f"{k[:-2].replace('_', ' + ')} {v:.3f} s" for k, v in parts.items()))
     base = rows[0]
     for r in rows: r['speedup'] = round(base['seconds'] / r['seconds'], 2); r['max_abs_diff'] = float(np.abs(r.pop('scores') - base['scores']).max()) if r is not base else 0.0
     base.pop('scores', None)
     print(pd.DataFrame(rows).to_string(index=False))
-    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, **cpu, 'rows': rows}))
+    print(json.dumps({'bench': 'cpu-score', 'n': n, 'width': width, 'height': height, 'backbone': backbone, **cpu,
+                      'onnx_mib': sizes, 'breakdown': parts, 'rows': rows}))
     return 0
 
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'scoring.py': _baseline_main(sys.argv[1:])
