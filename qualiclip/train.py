@@ -190,7 +190,8 @@ def train_config(params:str|dict='params.yaml', # params file or dict (the profi
     if ablation is not None:
         abl = _section(p, 'ablations', params)
         if ablation not in abl: raise ValueError(f"No ablations.{ablation} in the params; known: {sorted(map(str, abl))}.")
-        cfg.update(_section(abl, ablation, params, f'ablations.{ablation}')); cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
+        cfg.update(_section(p, 'ablation_recipe', params)); cfg.update(_section(abl, ablation, params, f'ablations.{ablation}'))   # the short recipe, then its change
+        cfg['out'] = f"{p.get('ablations_dir', 'runs/ablations')}/{ablation}"
     cfg.update(overrides)
     for k in ('pristine', 'val_pristine', 'pretrained', 'out'):
         if isinstance(cfg.get(k), str) and cfg[k].lower() not in ('none', 'null', '', 'openai'): cfg[k] = str(resolve(cfg[k]))

@@ -81,7 +81,9 @@ def test_train_sections_are_valid_configs():
         cfg = train_config(p)
         assert cfg.backbone == p["model"]["backbone"] and cfg.device == p["device"] and cfg.seed == p["seed"]
         assert cfg.pretrained == str(ROOT / p["model"]["init_dir"] / "clip.pt")  # training starts from the init stage's weights
-        for name in p["ablations"]: train_config(p, ablation=name)  # unknown keys raise
+        for name in p["ablations"]:  # unknown keys raise; each ablation is the short recipe plus its own change
+            a = train_config(p, ablation=name)
+            assert all(getattr(a, k) == v for k, v in {**p["ablation_recipe"], **p["ablations"][name]}.items()), (name, p["ablation_recipe"])
 
 
 def test_paper_smoke_is_the_paper_profile_at_small_scale():
