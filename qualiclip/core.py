@@ -43,7 +43,7 @@ def resolve(p:str|Path, # a path from a params file: relative to the repository 
 
 # %% ../nbs/00_core.ipynb #bcaca6ce
 def load_params(path:str|Path='params.yaml', # YAML file; a relative path is read from the current folder
-                overlays:bool=True, # resolve a profile overlay (a file with `extends:`) into the whole profile (`qualiclip.config`)
+                overlays:bool=True, # refuse a profile overlay (a file with `extends:`), which `qualiclip.config.load_profile` reads
                ) -> dict:
     "Load a YAML parameters file (the DVC profile) into a dict; errors name the file, and the line of a YAML mistake."
     p = Path(path)
@@ -63,9 +63,9 @@ def load_params(path:str|Path='params.yaml', # YAML file; a relative path is rea
         raise ValueError(f"Parameters file {p} is not valid YAML{where} ({getattr(e, 'problem', None) or e}); fix it there.") from None
     if out is None: return {}
     if not isinstance(out, dict): raise ValueError(f"Parameters file {p} must hold a mapping at top level, got {type(out).__name__}.")
-    if overlays and 'extends' in out:   # imported here: the profile declaration builds on this module
-        from qualiclip.config import resolve_overlays
-        return resolve_overlays(p)
+    if overlays and 'extends' in out:   # an overlay of another profile: `qualiclip.config` resolves it
+        raise ValueError(f"Parameters file {p} is a profile overlay (extends: {out['extends']}); resolve it into a params "
+                         f"file first: `qualiclip profile {p.stem} --out FILE` (or `qualiclip profile {p.stem}` for params.yaml).")
     return out
 
 # %% ../nbs/00_core.ipynb #42a8ff7a

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['SCORERS', 'WEIGHT_KINDS', 'SCORER_INFO', 'BACKENDS', 'CLIPIQA_PROMPTS', 'CLIPIQA_ENSEMBLE', 'TTA_VARIANTS',
-           'TTA_CROP', 'INTERRUPTED', 'register_scorer', 'scorer_spec', 'qualiclip_scorer', 'set_precision',
-           'get_scorer', 'make_scorer', 'build_scorer', 'clipiqa_scorer', 'tta_variant', 'scorer_aspects',
-           'score_outputs', 'score_files', 'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'bench_shards',
+           'TTA_CROP', 'INTERRUPTED', 'CALIBRATION_FORMAT', 'register_scorer', 'scorer_spec', 'qualiclip_scorer',
+           'set_precision', 'get_scorer', 'make_scorer', 'build_scorer', 'clipiqa_scorer', 'tta_variant',
+           'scorer_aspects', 'score_outputs', 'score_files', 'percentile_of', 'read_calibration', 'check_calibration',
+           'apply_calibration', 'score_tta', 'score_cmd', 'synthetic_jpegs', 'bench_score_cmd', 'bench_shards',
            'one_at_a_time', 'cost_breakdown', 'bench_cpu_cmd']
 
 # %% ../nbs/03a_scoring.ipynb #4d476b8f
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, rate, resize_short_side, run_measured, timed
+from .datasets import sha256sum
+from .metrics import logistic_map
 from .files import CPU_BATCH_PIXELS, SizeBatcher, as_is, check_options, check_pixels, expand_inputs, printable, resolve_batch_pixels
 from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, attnpool_nopos, random_official_checkpoint, resolve_weights
 from .core import writes, csv_or_parts
@@ -338,6 +341,79 @@ def score_files(paths, # image files, folders, glob patterns or file lists (.txt
     if embeddings: df['embedding'] = [emb.get(i) if math.isfinite(r['score']) else None for i, r in enumerate(rows)]
     return df
 
+# %% ../nbs/03a_scoring.ipynb #calapply2
+CALIBRATION_FORMAT = 'qualiclip-calibration/1'   # the `format` of a map file
+
+def percentile_of(sample, # sorted scores (`score_sample`)
+                  scores, # scores to place
+                  higher_better:bool=True, # the scorer's direction (False: NIQE)
+                 ) -> np.ndarray:
+    "Percent of the sample rated below each score (ties half), in the quality direction; NaN stays NaN."
+    a, s = np.asarray(sample, float), np.asarray(scores, float)
+    p = 100 * (np.searchsorted(a, s, 'left') + np.searchsorted(a, s, 'right')) / (2 * len(a))
+    p = p if higher_better else 100 - p
+    return np.where(np.isfinite(s), p, np.nan)
+
+def read_calibration(path:str|Path, # a map written by `qualiclip calibrate`
+                    ) -> dict:
+    "A calibration map, checked: its format and the entries `apply_calibration` needs; one clear error otherwise."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"{p}: no such calibration map; write one with `qualiclip calibrate --weights W --dataset NAME --root INDEX --out {p}`.")
+    try: cal = json.loads(p.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{p} is not a calibration map (not JSON: {e}).") from None
+    need = ('logistic', 'weights_sha256', 'train_scores_sorted', 'mos_range', 'model', 'score_higher_better')
+    if not isinstance(cal, dict) or cal.get('format') != CALIBRATION_FORMAT or any(k not in cal for k in need):
+        raise ValueError(f"{p} is not a calibration map of this version (expected format {CALIBRATION_FORMAT!r} and the entries "
+                         f"{', '.join(need)}); write it again with `qualiclip calibrate`.")
+    return cal
+
+def check_calibration(cal:dict, # a map (`read_calibration`)
+                      weights:str|Path|None, # the weights file scoring now
+                      model:str, # the scorer's registered name scoring now
+                      path:str|Path='the calibration map', # the map's file, for the message
+                     ) -> None:
+    "Refuse a map made with other weights (SHA-256) or another model: its `mos` and `percentile` would describe other scores."
+    if not weights or not Path(weights).is_file():
+        raise ValueError(f"--calibration {path} needs the weights file it was made with (--weights; SHA-256 {cal['weights_sha256'][:16]}...).")
+    sha = sha256sum(weights)
+    if sha != cal['weights_sha256']:
+        raise ValueError(f"--calibration {path} was made with other weights ({cal.get('weights', '?')}, SHA-256 {cal['weights_sha256'][:16]}...) "
+                         f"than {weights} (SHA-256 {sha[:16]}...); calibrate these weights with `qualiclip calibrate`, or score with the map's.")
+    made = str(cal['model'])
+    if made != str(model):
+        raise ValueError(f"--calibration {path} was made with --model {made}, not {model}; calibrate this model with `qualiclip calibrate --model {model}`.")
+
+def apply_calibration(cal:dict, # a map (`read_calibration`)
+                      scores, # the model's scores
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    "(mos in the map's dataset scale, clipped to its range; percentile among its training images): NaN where the score is NaN."
+    L = cal['logistic']; s = np.asarray(scores, float)
+    mos = np.clip(logistic_map(s, L['beta'], L['sign'], L['center']), *sorted(cal['mos_range']))
+    return np.where(np.isfinite(s), mos, np.nan), percentile_of(cal['train_scores_sorted'], s, cal['score_higher_better'])
+
+def score_tta(paths, # image files, folders, globs or file lists (as `score_files`)
+              scorer, # a scorer
+              n:int=4, # variants: the image, its mirror image, then 90% crops (`TTA_VARIANTS`)
+              **kw, # `score_files` options (batch_size, workers, resize_short, ...)
+             ) -> pd.DataFrame:
+    "The image's own scores (`score_files`) plus `score_tta_mean`, `score_std` (sample std over the variants) and `tta_n`."
+    if not 1 <= n <= len(TTA_VARIANTS): raise ValueError(f"n={n}: give 1 to {len(TTA_VARIANTS)} variants.")
+    df = score_files(paths, scorer, **kw)
+    runs = [df.score.to_numpy(float)]
+    for k in range(1, n):
+        if df.attrs.get('interrupted'): break
+        v = score_files(paths, scorer, variant=k, aspects=False, **kw)
+        df.attrs['interrupted'] = v.attrs.get('interrupted', False)
+        runs.append(v.score.to_numpy(float))
+    S = np.stack(runs, 1); S[~np.isfinite(S[:, 0])] = np.nan   # a row whose image failed has no variants either
+    cnt = np.isfinite(S).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        df['score_tta_mean'] = np.where(cnt > 0, np.nanmean(S, 1), np.nan)
+        df['score_std'] = np.where(cnt > 1, np.nanstd(S, 1, ddof=1), np.nan)
+    df['tta_n'] = cnt
+    return df
+
 # %% ../nbs/03a_scoring.ipynb #b14e10bd
 def _ranked_table(df:pd.DataFrame, # table from `score_files`
                   top:int=10, # rows shown at each end
@@ -404,7 +480,6 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
         if scorer_spec(model)['weights'] == 'checkpoint':
             weights = resolve_weights(weights)   # 'released': fetched once, after the cheap checks (offline: one line naming the URL and where to put the file)
         if calibration:
-            from qualiclip.calibrate import check_calibration, read_calibration
             cal = read_calibration(calibration); check_calibration(cal, weights or niqe_params, model, calibration)
         scorer = make_scorer(model, weights, device, precision, backend=backend, backbone=backbone, pretrained=pretrained,
                              random_init=random_init, niqe_params=niqe_params, prompts=prompts, temperature=temperature)
@@ -423,11 +498,9 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
     run = dict(batch_size=batch_size, workers=workers, resize_short=resize_short, batch_pixels=batch_pixels,
                max_pixels=max_pixels or None, recursive=recursive, progress=True, keep_on_interrupt=True)
     if tta > 1:
-        from qualiclip.calibrate import score_tta
         df = score_tta(paths, scorer, tta, **run)
     else: df = score_files(paths, scorer, **run)
     if calibration:
-        from qualiclip.calibrate import apply_calibration
         df['mos'], df['percentile'] = apply_calibration(cal, df.score.to_numpy(float))
     df['path'] = df.path.map(printable)   # file names that are not UTF-8: their bytes as \\xNN, the CSV stays UTF-8
     df['error'] = df.error.map(printable)

@@ -46,7 +46,7 @@ def test_score_options():
     assert '--random-init, --no-random-init score with random weights' in h
     assert '--random_init' not in h and '--no-random_init' not in h
     assert '--model {qualiclip,clipiqa,niqe,qualiclip+}' in h
-    assert '--precision {auto,fp32,bf16,fp16}' in h and '--device {auto,cpu,cuda,cuda:N}' in h
+    assert '--precision {auto,fp32,bf16,fp16,int8,fast}' in h and '--device {auto,cpu,cuda,cuda:N}' in h
     assert '--batch-pixels BATCH_PIXELS most pixels per forward pass: large photos get smaller batches (a 12 MP photo its own); default 2**24 on a GPU, 2**20 on the CPU; 0: no budget' in h
     assert '--backbone BACKBONE open_clip config (default: inferred from --weights, else RN50-quickgelu) --pretrained' in h
     from qualiclip.scoring import SCORERS
