@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_path, check_output, writes
-from .datasets import DatasetError, get_spec, make_splits, sha256sum
+from .datasets import DatasetError, get_spec, make_splits
+from .core import sha256sum
 from .metrics import fit_logistic, logistic_map, plcc, srcc
 from .scoring import (CALIBRATION_FORMAT, TTA_VARIANTS, apply_calibration, check_calibration, get_scorer, make_scorer,
                                percentile_of, read_calibration, score_files, score_tta, scorer_spec)   # applying a map and TTA are part of scoring

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bdc52d3f
 from __future__ import annotations
-import contextlib, glob, io, json, os, platform, random, subprocess, sys, tempfile, time, warnings, zipfile
+import contextlib, glob, hashlib, io, json, os, platform, random, subprocess, sys, tempfile, time, warnings, zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -15,11 +15,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # %% auto #0
 __all__ = ['PRECISIONS', 'FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root',
            'resolve', 'load_params', 'seed_everything', 'get_device', 'make_generator', 'autocast_dtype', 'sync_device',
-           'timed', 'rate', 'state_sha256', 'cpu_info', 'run_measured', 'OutputError', 'folder_mark', 'mark_folder',
-           'file_kind', 'check_output', 'check_report', 'output_folder', 'writes', 'csv_or_parts', 'check_outputs',
-           'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor', 'tensor_to_pil',
-           'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images', 'pool_archive_members',
-           'zip_images', 'read_member', 'start_trace', 'demo_photo', 'write_demo_photos', 'demo_images', 'demo_folder']
+           'timed', 'rate', 'state_sha256', 'cpu_info', 'run_measured', 'sha256sum', 'OutputError', 'folder_mark',
+           'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder', 'writes', 'csv_or_parts',
+           'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor',
+           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images',
+           'pool_archive_members', 'zip_images', 'read_member', 'start_trace', 'demo_photo', 'write_demo_photos',
+           'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -186,6 +187,16 @@ def run_measured(cmd:list[str], # the command line of a whole process
         dt = time.perf_counter() - t0; err.seek(0); kb = (Path(d)/'rss').read_text() if (Path(d)/'rss').is_file() else 'nan'
         return {'returncode': r.returncode, 'seconds': dt, 'peak_rss_mib': float(kb) / (2**20 if sys.platform == 'darwin' else 2**10),
                 'stderr': err.read().decode(errors='replace')[-2000:]}
+
+# %% ../nbs/00_core.ipynb #7de1347c
+def sha256sum(path:str|Path, # file to hash
+              chunk:int=1<<20, # read size in bytes
+             ) -> str:
+    "The SHA-256 of a file, as hex."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #f92674dc
 def _temp_affixes(path:Path) -> tuple[str, str]:

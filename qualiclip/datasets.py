@@ -16,13 +16,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, save_image, make_generator, DEMO_PHOTOS
-from .core import OutputError, check_output, writes
+from .core import OutputError, check_output, sha256sum, writes
 
 # %% auto #0
 __all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
            'DownloadError', 'ChecksumError', 'ArchiveError', 'ConflictError', 'find_file', 'DatasetSpec', 'register',
-           'get_spec', 'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'sha256sum', 'fetch', 'download',
-           'miniature', 'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
+           'get_spec', 'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'fetch', 'download', 'miniature',
+           'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
 
 # %% ../nbs/06_datasets.ipynb #3ff17ad6
 class DatasetError(ValueError):
@@ -880,16 +880,6 @@ def safe_extract(archive:str|Path, # a .zip or tar archive
     finally: shutil.rmtree(tmp, ignore_errors=True)     # what is left there: copies of files already in place, or kept out
     if clashes: raise _clash_error(archive, dest, clashes)
     return tops
-
-# %% ../nbs/06_datasets.ipynb #3d3ed003
-def sha256sum(path:str|Path, # file to hash
-              chunk:int=1<<20, # read size in bytes
-             ) -> str:
-    "The SHA-256 of a file, as hex."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
 
 # %% ../nbs/06_datasets.ipynb #c48368e5
 def _local_source(url:str) -> Path|None:

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .core import (atomic_path, check_output, folder_mark, get_device, list_images, load_pil, output_folder, resize_short_side, state_sha256,
                             demo_photo, write_demo_photos, ImageReadError)
-from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, sha256sum, build_demo_dataset
+from .datasets import DatasetError, get_spec, load_dataset, make_splits, read_index, build_demo_dataset
+from .core import sha256sum
 from .metrics import correlations, plcc, srcc
 from .model import DEFAULT_BACKBONE, TINY_CONFIG, QualiCLIP, resolve_weights
 from .scoring import get_scorer, make_scorer, register_scorer, score_files, scorer_spec, synthetic_jpegs

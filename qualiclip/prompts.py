@@ -449,7 +449,7 @@ def weights_sha256(model:QualiCLIP, # a model loaded with `from_checkpoint` (els
     "SHA-256 of the weights file a model came from (of its CLIP parameters when it came from none): what a resumed run must match."
     ck = getattr(model, 'checkpoint', None)
     if ck and Path(str(ck)).is_file():
-        from qualiclip.datasets import sha256sum
+        from qualiclip.core import sha256sum
         return sha256sum(ck)
     return state_sha256(model.clip)
 

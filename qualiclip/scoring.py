@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .core import ImageReadError, atomic_path, check_output, cpu_info, get_device, load_pil, rate, resize_short_side, run_measured, timed
-from .datasets import sha256sum
-from .metrics import logistic_map
+from .core import sha256sum
 from .files import CPU_BATCH_PIXELS, SizeBatcher, as_is, check_options, check_pixels, expand_inputs, printable, resolve_batch_pixels
 from .model import ASPECTS, DEFAULT_BACKBONE, OFFICIAL_SCALE, PROMPTS, PRECISIONS, QualiCLIP, attnpool_nopos, random_official_checkpoint, resolve_weights
 from .core import writes, csv_or_parts
@@ -380,15 +379,23 @@ def check_calibration(cal:dict, # a map (`read_calibration`)
         raise ValueError(f"--calibration {path} was made with other weights ({cal.get('weights', '?')}, SHA-256 {cal['weights_sha256'][:16]}...) "
                          f"than {weights} (SHA-256 {sha[:16]}...); calibrate these weights with `qualiclip calibrate`, or score with the map's.")
     made = str(cal['model'])
+    _logistic_map()   # scipy present: refused here, before any scoring, rather than after it
     if made != str(model):
         raise ValueError(f"--calibration {path} was made with --model {made}, not {model}; calibrate this model with `qualiclip calibrate --model {model}`.")
+
+def _logistic_map():
+    "`qualiclip.metrics.logistic_map`, which needs scipy (not a scoring dependency): one error saying what to install."
+    try: from qualiclip.metrics import logistic_map
+    except ImportError as e:
+        raise RuntimeError(f"applying a calibration map needs scipy ({e}); install it: pip install scipy (or qualiclip[train]).") from None
+    return logistic_map
 
 def apply_calibration(cal:dict, # a map (`read_calibration`)
                       scores, # the model's scores
                      ) -> tuple[np.ndarray, np.ndarray]:
     "(mos in the map's dataset scale, clipped to its range; percentile among its training images): NaN where the score is NaN."
     L = cal['logistic']; s = np.asarray(scores, float)
-    mos = np.clip(logistic_map(s, L['beta'], L['sign'], L['center']), *sorted(cal['mos_range']))
+    mos = np.clip(_logistic_map()(s, L['beta'], L['sign'], L['center']), *sorted(cal['mos_range']))
     return np.where(np.isfinite(s), mos, np.nan), percentile_of(cal['train_scores_sorted'], s, cal['score_higher_better'])
 
 def score_tta(paths, # image files, folders, globs or file lists (as `score_files`)
@@ -471,6 +478,9 @@ def score_cmd(paths:list[str], # image files, folders, glob patterns or file lis
         if to_parts:
             from qualiclip.shards import parts_folder, rank_device
             parts_folder(out, ins, create=False); device = rank_device(device)   # someone else's folder: refused before any work
+        if WEIGHT_KINDS[scorer_spec(model)['weights']][0] == 'niqe_params' and weights and not niqe_params:   # the older spelling
+            warnings.warn(f"--weights for {model}'s parameters is deprecated: use --niqe-params (as `qualiclip evaluate` does).", FutureWarning)
+            niqe_params, weights = weights, None
         if temperature is not None and not temperature > 0:
             raise ValueError(f"--temperature {temperature}: give a positive number (1: the authors' code, 2: pyiqa).")
         if resize_short is not None and resize_short < 1: raise ValueError(f"--resize-short {resize_short}: give a positive number of pixels.")

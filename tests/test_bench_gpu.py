@@ -109,21 +109,16 @@ def test_full_run_without_cuda_says_to_use_quick(capsys):
 
 
 def test_paper_smoke_gpu_profile_is_the_smoke_profile_on_cuda():
-    import yaml
+    "The GPU smoke profile is an overlay: resolved, it is the smoke profile with exactly these keys changed."
+    from qualiclip.config import load_profile
     from qualiclip.pipeline import train_config
-    cpu, gpu = (yaml.safe_load((ROOT / 'params' / f).read_text()) for f in ('paper-smoke.yaml', 'paper-smoke-gpu.yaml'))
-    assert gpu['device'] == 'cuda' and gpu['train']['precision'] == 'bf16' and gpu['train']['compile'] is True
-    assert gpu['profile'] == 'paper-smoke-gpu'
-    assert gpu['evaluate']['precision'] == 'bf16'
-    changed = {'train': ('precision', 'compile'), 'evaluate': ('precision',)}   # and profile, device
-    def strip(p): return {k: ({kk: vv for kk, vv in v.items() if kk not in changed[k]} if k in changed else v)
-                          for k, v in p.items() if k not in ('profile', 'device')}
+    cpu, gpu = load_profile('paper-smoke'), load_profile('paper-smoke-gpu')
     def flat(d, pre=''):
         return {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f'{pre}{k}.').items() if isinstance(v, dict) else [(f'{pre}{k}', v)])}
-    a, b = flat(strip(cpu)), flat(strip(gpu))
-    drift = sorted(k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>'))
-    assert not drift, (f"params/paper-smoke-gpu.yaml must be params/paper-smoke.yaml with device cuda, train.precision bf16, "
-                       f"train.compile true and evaluate.precision bf16; copy these changes over: {drift}")
+    a, b = flat(cpu), flat(gpu)
+    drift = {k: (a.get(k, '<absent>'), b.get(k, '<absent>')) for k in sorted(a.keys() | b.keys()) if a.get(k, '<absent>') != b.get(k, '<absent>')}
+    assert drift == {'device': ('cpu', 'cuda'), 'evaluate.precision': ('auto', 'bf16'), 'profile': ('paper-smoke', 'paper-smoke-gpu'),
+                     'train.compile': (False, True), 'train.precision': ('fp32', 'bf16')}, drift
     cfg = train_config(gpu)           # every key is a real TrainConfig key
     assert cfg.device == 'cuda' and cfg.precision == 'bf16' and cfg.compile is True
     for name in gpu['ablations']: assert train_config(gpu, ablation=name).compile is True
@@ -134,8 +129,9 @@ def test_paper_smoke_params_flag(tmp_path):
     ps = importlib.util.module_from_spec(spec); spec.loader.exec_module(ps)
     assert ps.main(['--params', str(tmp_path / 'missing.yaml'), '--keep', str(tmp_path / 'k')]) == 2
     assert not (tmp_path / 'k').exists()   # refused before any copy
+    assert ps.main(['--params', 'no-such-profile', '--keep', str(tmp_path / 'k')]) == 2 and not (tmp_path / 'k').exists()
     import inspect
-    assert "default='params/paper-smoke.yaml'" in inspect.getsource(ps.main)   # unchanged by default
+    assert "default='paper-smoke'" in inspect.getsource(ps.main)   # the CPU smoke profile by default
 
 
 @needs_cuda

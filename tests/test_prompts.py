@@ -18,7 +18,7 @@ def test_profile_prompts_section(f):
     p = load_profile(str(ROOT / f))   # overlays resolved, defaults filled in
     sec = p['prompts']
     assert set(sec) == {k.name for k in fields(PromptsConfig)} | {'fit'}, f"{f}: prompts keys differ from the recipe"
-    recipe = PromptsConfig.from_params(ROOT / f)
+    recipe = PromptsConfig.from_params(p)
     assert recipe.n_ctx == 16 and recipe.temperature == 2.0
     # every T2 training side has its prompts, under the key the T2 notebook looks for
     sides = {pair.split('>')[0] for pair in p['paper']['T2_cross_dataset']['pairs']}
@@ -29,7 +29,8 @@ def test_profile_prompts_section(f):
 
 
 def test_paper_recipe_is_pyiqas():
-    r = PromptsConfig.from_params(ROOT / 'params/paper.yaml')
+    from qualiclip.config import load_profile
+    r = PromptsConfig.from_params(load_profile('paper'))
     assert (r.epochs, r.lr, r.batch_size, r.crop, r.flip, r.w_mse, r.w_plcc) == (50, 0.002, 8, 384, True, 1.0, 1.0)
 
 

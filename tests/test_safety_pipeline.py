@@ -285,7 +285,8 @@ def test_init_names_an_empty_weights_file(repo, capsys):
 def test_paper_never_replaces_a_user_notebook(tmp_path, monkeypatch):
     monkeypatch.delenv("QUALICLIP_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    f = write_params(tmp_path, {"paper": {"F3_gmad": {"dataset": "demo"}}, "evaluate": {"out": "outputs/eval"}})
+    from qualiclip.config import load_profile
+    f = write_params(tmp_path, load_profile("demo"))   # F3 on the demo dataset, evaluations under outputs/eval
     out = tmp_path / "nb"
     out.mkdir()
     for name in ("F3_gmad.ipynb", "F3_gmad.failed.ipynb"):

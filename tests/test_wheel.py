@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {'torch', 'torchvision', 'open-clip-torch', 'pillow', 'numpy', 'pandas', 'tqdm', 'fastcore', 'pyyaml'}
-EXTRAS = {'train', 'explore', 'shards', 'docs', 'dev'}
+EXTRAS = {'train', 'explore', 'shards', 'onnx', 'docs', 'dev'}
 EXTRA_MODULES = ['seaborn', 'scipy', 'matplotlib', 'sklearn', 'skimage', 'kornia', 'pytorch_grad_cam', 'dvclive',
                  'pyarrow', 'webdataset', 'ipywidgets', 'openpyxl', 'tabulate', 'papermill', 'nbdev']
 EXAMPLE = """import qualiclip, sys
@@ -123,7 +123,7 @@ def env(tmp_path_factory):
 
 
 def test_wheel_metadata(env):
-    "Lower bounds only, the scoring dependencies as base, the five extras, licence, URLs, LICENSE and configs shipped."
+    "Lower bounds only, the scoring dependencies as base, the six extras, licence, URLs, LICENSE and configs shipped."
     meta, base = env['meta'], env['base']
     assert {canonicalize_name(Requirement(r).name) for r in base} == BASE, base
     reqs = meta.get_all('Requires-Dist')
@@ -133,6 +133,7 @@ def test_wheel_metadata(env):
     extra = lambda e: {canonicalize_name(Requirement(r).name) for r in reqs if f'extra == "{e}"' in r}
     assert {'seaborn', 'scipy', 'dvclive', 'grad-cam', 'kornia'} <= extra('train') and 'seaborn' not in extra('explore')
     assert extra('shards') == {'pyarrow', 'webdataset'} and 'ipywidgets' in extra('explore')
+    assert extra('onnx') == {'onnx', 'onnxruntime'}
     assert {'nbdev', 'mkdocs-material'} <= extra('docs') and extra('train') | extra('explore') | extra('shards') <= extra('docs')
     assert extra('docs') | {'pytest', 'dvc'} <= extra('dev')
     assert meta['License-Expression'] == 'Apache-2.0' and meta['Requires-Python'] == '>=3.10'
