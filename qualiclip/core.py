@@ -13,14 +13,14 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS', 'repo_root',
-           'resolve', 'load_params', 'seed_everything', 'get_device', 'make_generator', 'autocast_dtype', 'sync_device',
-           'timed', 'rate', 'state_sha256', 'cpu_info', 'run_measured', 'sha256sum', 'OutputError', 'folder_mark',
-           'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder', 'writes', 'csv_or_parts',
-           'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError', 'load_pil', 'pil_to_tensor',
-           'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images', 'list_images',
-           'pool_archive_members', 'zip_images', 'read_member', 'start_trace', 'demo_photo', 'write_demo_photos',
-           'demo_images', 'demo_folder']
+__all__ = ['PRECISIONS', 'CPU_FLAGS', 'FOLDER_MARK', 'OUTPUT_KINDS', 'IMAGE_EXTS', 'PLUGIN_EXTS', 'DEMO_PHOTOS', 'DEMO_SPLITS',
+           'repo_root', 'resolve', 'load_params', 'seed_everything', 'get_device', 'make_generator', 'autocast_dtype',
+           'sync_device', 'timed', 'rate', 'state_sha256', 'cpu_info', 'cpu_line', 'run_measured', 'sha256sum',
+           'OutputError', 'folder_mark', 'mark_folder', 'file_kind', 'check_output', 'check_report', 'output_folder',
+           'writes', 'csv_or_parts', 'check_outputs', 'atomic_path', 'leftover_temporaries', 'ImageReadError',
+           'load_pil', 'pil_to_tensor', 'tensor_to_pil', 'resize_short_side', 'load_image', 'save_image', 'scan_images',
+           'list_images', 'pool_archive_members', 'zip_images', 'read_member', 'start_trace', 'demo_photo',
+           'write_demo_photos', 'demo_images', 'demo_folder']
 
 # %% ../nbs/00_core.ipynb #50091921
 def repo_root(start:str|Path|None=None, # folder to search upwards from (default: the working directory)
@@ -161,17 +161,27 @@ def state_sha256(scorer, # a model or scorer (anything with `state_dict`), or a 
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #c4b6a3a5
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16', 'amx_int8')   # the flags that decide CPU speed here
+
 def cpu_info() -> dict:
-    "The CPU that CPU figures were measured on: model name, its vector and matrix flags (avx2, avx512f, avx512_bf16, amx*), cores."
+    "The CPU that CPU figures were measured on: model name, logical CPUs, which of `CPU_FLAGS` it has (/proc/cpuinfo), torch's capability."
     name, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            k, _, v = line.partition(':')
-            if k.strip() == 'model name': name = v.strip()
-            if k.strip() == 'flags': flags = set(v.split()); break
+        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
+            k, _, v = line.partition(':'); k = k.strip()
+            if k == 'model name' and name in ('', platform.machine(), platform.processor()): name = v.strip()
+            elif k == 'flags' and not flags: flags = set(v.split())
     except OSError: pass
-    keep = sorted(f for f in flags if f in ('avx2', 'avx512f', 'avx512_bf16') or f.startswith('amx'))
-    return {'cpu': name, 'flags': keep, 'cores': os.cpu_count()}
+    return {'cpu': name, 'cores': os.cpu_count(), 'flags': [f for f in CPU_FLAGS if f in flags],
+            'torch_capability': torch.backends.cpu.get_cpu_capability()}
+
+def cpu_line(info:dict|None=None, # `cpu_info()` (None: this machine's)
+            ) -> str:
+    "One line naming the CPU and its AVX2 / AVX-512 / AMX flags, printed next to CPU figures."
+    i = info or cpu_info()
+    has = lambda f: 'yes' if f in i['flags'] else 'no'
+    return (f"CPU: {i['cpu']}, {i['cores']} logical CPUs; AVX2 {has('avx2')}, AVX-512 {has('avx512f')} "
+            f"(VNNI {has('avx512_vnni')}, BF16 {has('avx512_bf16')}), AMX {has('amx_tile')} (BF16 {has('amx_bf16')}, INT8 {has('amx_int8')})")
 
 _PEAK = ("import os, subprocess, sys\np = subprocess.Popen(sys.argv[2:]); _, st, ru = os.wait4(p.pid, 0)\n"
          "open(sys.argv[1], 'w').write(str(ru.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(st))")

@@ -23,7 +23,7 @@ import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from fastcore.basics import patch
 
-from .core import PRECISIONS, atomic_path, autocast_dtype, get_device, load_pil, _to_rgb
+from .core import PRECISIONS, atomic_path, autocast_dtype, get_device, load_pil, sha256sum, _to_rgb
 
 # %% ../nbs/03_model.ipynb #4948cb2a
 PROMPTS = [('Good photo.', 'Bad photo.'), ('Sharp image.', 'Blurry image.'), ('Sharp edges.', 'Blurry edges.'),
@@ -625,15 +625,6 @@ class ClipNormalisedQualiCLIP(nn.Module):
         return self.model.quality(x) if torch.is_grad_enabled() and x.requires_grad else self.model.score_batch(x)
 
 # %% ../nbs/03_model.ipynb #bd4aba33
-def _sha256(path:str|Path, # file to hash
-           ) -> str:
-    "Hex SHA-256 of a file."
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
-
 def _proxy_for(url:str, # the URL to fetch
               ) -> tuple[str, int]:
     "(host, port) a download of `url` connects to first: the proxy urllib would use, else the server."
@@ -667,7 +658,7 @@ def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None
             raise WeightsUnavailableError(f"Downloading {RELEASED_URL} failed ({type(e).__name__}: {str(e)[:200]}). {how}") from None
         finally: socket.setdefaulttimeout(old)
         if sha256 is None:
-            with atomic_path(rec) as t: t.write_text(_sha256(f) + '\n')
+            with atomic_path(rec) as t: t.write_text(sha256sum(f) + '\n')
         return f
     try: recorded = rec.read_text().strip().lower() if rec.is_file() else ''
     except (OSError, UnicodeError): recorded = ''
@@ -675,7 +666,7 @@ def released_checkpoint(cache_dir:str|Path|None=None, # folder of the file (None
     elif len(recorded) == 64 and all(c in '0123456789abcdef' for c in recorded): want = recorded
     else: raise WeightsUnavailableError(f"{f} is cached but no SHA-256 was recorded for it ({rec} is missing or not a digest), so "
                                         "it cannot be checked: delete it and load again to download it afresh, or pass a file you trust with weights=.")
-    got = _sha256(f)
+    got = sha256sum(f)
     if not got.startswith(want):
         raise ValueError(f"{f}: SHA-256 {got} does not match {want} (a damaged or different file); delete it and "
                          f"load again to download it afresh, or pass a file you trust with weights=.")

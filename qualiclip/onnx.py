@@ -12,13 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_path, get_device, writes
-from .model import OFFICIAL_SCALE, QualiCLIP, _sha256, attnpool_nopos, resolve_weights
+from .core import atomic_path, cpu_info, get_device, sha256sum, writes
+from .model import OFFICIAL_SCALE, QualiCLIP, attnpool_nopos, resolve_weights
 
 # %% auto #0
-__all__ = ['OPSET', 'INPUT', 'OUTPUTS', 'QUANT_OPS', 'CPU_FLAGS', 'FAST_TOLERANCE', 'PATHS', 'ScoreGraph', 'export_onnx',
-           'calibration_images', 'quantize_onnx', 'is_onnx_file', 'OnnxScorer', 'cache_dir', 'cached_onnx',
-           'onnx_scorer', 'cpu_info', 'cpu_line', 'probe_images', 'measure_paths', 'fast_path', 'export_cmd']
+__all__ = ['OPSET', 'INPUT', 'OUTPUTS', 'QUANT_OPS', 'FAST_TOLERANCE', 'PATHS', 'ScoreGraph', 'export_onnx', 'calibration_images',
+           'quantize_onnx', 'is_onnx_file', 'OnnxScorer', 'cache_dir', 'cached_onnx', 'onnx_scorer', 'probe_images',
+           'measure_paths', 'fast_path', 'export_cmd']
 
 # %% ../nbs/18_onnx.ipynb #e356d336
 OPSET = 17   # ONNX opset of the exported graph (onnxruntime >= 1.14 runs it)
@@ -66,7 +66,7 @@ def export_onnx(weights, # QualiCLIP checkpoint in the official layout, or 'rele
     src = Path(resolve_weights(weights))
     model = QualiCLIP.from_checkpoint(src, backbone=backbone, scale=scale, device='cpu').eval()
     g = ScoreGraph(model).eval()
-    meta = {'qualiclip.format': '1', 'backbone': model.backbone, 'weights_sha256': _sha256(src), 'weights_file': src.name,
+    meta = {'qualiclip.format': '1', 'backbone': model.backbone, 'weights_sha256': sha256sum(src), 'weights_file': src.name,
             'opset': str(opset), **_versions(), 'scale': repr(float(scale)), 'prompts': json.dumps(model.prompts),
             'min_side': str(model.min_side or 1), 'input': 'pixels: uint8 (B,3,H,W) RGB, 0-255, any B, H, W',
             'outputs': 'scores: float32 (B,) in [0,1], higher is better; embeddings: float32 (B,D), L2-normalised',
@@ -242,7 +242,7 @@ def cached_onnx(weights, # QualiCLIP checkpoint (official layout), or 'released'
     "The ONNX export of a checkpoint, written once into `cache_dir()/onnx` under the checkpoint's SHA-256 and reused."
     src = Path(resolve_weights(weights))
     if not src.is_file(): raise FileNotFoundError(f"{src}: no such checkpoint file; check the path (--weights FILE).")
-    f = cache_dir()/'onnx'/f"{_sha256(src)[:20]}-{backbone or 'auto'}-{precision}-s{float(scale):g}.onnx"
+    f = cache_dir()/'onnx'/f"{sha256sum(src)[:20]}-{backbone or 'auto'}-{precision}-s{float(scale):g}.onnx"
     if not f.is_file(): export_onnx(src, f, backbone=backbone, quantize=None if precision == 'fp32' else precision, scale=scale)
     return f
 
@@ -270,29 +270,6 @@ def onnx_scorer(weights, # an .onnx file from `export_onnx`, or a checkpoint / '
         raise ValueError(f"{weights} was exported with logit scale {s.scale:g}, not {float(scale):g}; --temperature is fixed at export: "
                          "qualiclip export WEIGHTS --onnx FILE --temperature T.")
     return s
-
-# %% ../nbs/18_onnx.ipynb #d1399efe
-CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16', 'amx_int8')   # the flags that decide CPU speed here
-
-def cpu_info() -> dict:
-    "The CPU's name, its count of logical CPUs, and which of `CPU_FLAGS` it has (from /proc/cpuinfo; torch's view elsewhere)."
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
-            k, _, v = line.partition(':'); k = k.strip()
-            if k == 'model name' and name in ('', platform.machine(), platform.processor()): name = v.strip()
-            elif k == 'flags' and not flags: flags = set(v.split())
-    except OSError: pass
-    return {'name': name, 'cpus': os.cpu_count(), 'flags': [f for f in CPU_FLAGS if f in flags],
-            'torch_capability': torch.backends.cpu.get_cpu_capability()}
-
-def cpu_line(info:dict|None=None, # `cpu_info()` (None: this machine's)
-            ) -> str:
-    "One line naming the CPU and its AVX2 / AVX-512 / AMX flags, printed next to CPU figures."
-    i = info or cpu_info()
-    has = lambda f: 'yes' if f in i['flags'] else 'no'
-    return (f"CPU: {i['name']}, {i['cpus']} logical CPUs; AVX2 {has('avx2')}, AVX-512 {has('avx512f')} "
-            f"(VNNI {has('avx512_vnni')}, BF16 {has('avx512_bf16')}), AMX {has('amx_tile')} (BF16 {has('amx_bf16')}, INT8 {has('amx_int8')})")
 
 # %% ../nbs/18_onnx.ipynb #4b962639
 FAST_TOLERANCE = 1e-2   # --precision fast: largest score difference from torch fp32 a faster path may have
@@ -347,7 +324,7 @@ def fast_path(weights, # checkpoint (official layout), or 'released'
     if not any(f in info['flags'] for f in ('avx512_bf16', 'amx_bf16')):   # bf16 without native instructions is emulated: slower than fp32
         paths = [p for p in paths if p != ('torch', 'bf16')]
     import onnxruntime
-    key = json.dumps([_sha256(src), backend, float(scale), backbone, tolerance, info, torch.__version__, onnxruntime.__version__])
+    key = json.dumps([sha256sum(src), backend, float(scale), backbone, tolerance, info, torch.__version__, onnxruntime.__version__])
     key = hashlib.sha256(key.encode()).hexdigest()[:24]
     f = cache_dir()/'fast.json'
     try: known = json.loads(f.read_text()) if f.is_file() else {}
@@ -357,7 +334,7 @@ def fast_path(weights, # checkpoint (official layout), or 'released'
     rows = measure_paths(src, ref, scale=scale, backbone=backbone)
     ok = [r for r in rows if r['max_abs_diff'] <= tolerance]
     best = min(ok, key=lambda r: r['seconds'])
-    rec = {'backend': best['backend'], 'precision': best['precision'], 'cpu': info['name'], 'flags': info['flags'], 'measured': rows,
+    rec = {'backend': best['backend'], 'precision': best['precision'], 'cpu': info['cpu'], 'flags': info['flags'], 'measured': rows,
            'weights': str(src), 'tolerance': tolerance}
     known[key] = rec; f.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(f) as t: t.write_text(json.dumps(known, indent=1))

@@ -12,7 +12,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import qualiclip
 from qualiclip import cli
 from qualiclip.core import load_image, write_demo_photos
-from qualiclip.model import RELEASED_URL, TINY_CONFIG, QualiCLIP, WeightsUnavailableError, _sha256, random_official_checkpoint
+from qualiclip.core import sha256sum
+from qualiclip.model import RELEASED_URL, TINY_CONFIG, QualiCLIP, WeightsUnavailableError, random_official_checkpoint
 
 
 def _score(*args):
@@ -90,7 +91,7 @@ def test_weights_released_from_the_cache(demo, hub):
     hub.parent.mkdir(parents=True); shutil.copy(ck, hub)
     with pytest.raises(WeightsUnavailableError, match='no SHA-256 was recorded'):   # placed by hand, no digest: never used
         qualiclip.create_metric('qualiclip', weights='released', device='cpu')
-    (hub.parent / 'qualiclip.pth.sha256').write_text(_sha256(ck) + '\n')
+    (hub.parent / 'qualiclip.pth.sha256').write_text(sha256sum(ck) + '\n')
     torch.testing.assert_close(qualiclip.create_metric('qualiclip', weights='released', device='cpu')(files), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(QualiCLIP.from_checkpoint('released').score(files), ref, atol=1e-6, rtol=0)
     rc, _, err = _score(*files, '--weights', 'released', '--device', 'cpu', '--out', d / 'rel.csv')

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-from qualiclip.core import demo_photo
-from qualiclip.model import (CLIP_MEAN, CLIP_STD, TINY_CONFIG, QualiCLIP, WeightsUnavailableError, _sha256,
+from qualiclip.core import demo_photo, sha256sum
+from qualiclip.model import (CLIP_MEAN, CLIP_STD, TINY_CONFIG, QualiCLIP, WeightsUnavailableError,
                              infer_config, random_official_checkpoint, read_official)
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -57,7 +57,7 @@ def test_pretrained_uses_cached_release(ckpt, tmp_path, monkeypatch):
     "A released file already in torch.hub's cache loads offline, and a digest mismatch is refused."
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     d = Path(torch.hub.get_dir()) / 'checkpoints'; d.mkdir(parents=True)
-    shutil.copy(ckpt, d / 'qualiclip.pth'); (d / 'qualiclip.pth.sha256').write_text(_sha256(ckpt))
+    shutil.copy(ckpt, d / 'qualiclip.pth'); (d / 'qualiclip.pth.sha256').write_text(sha256sum(ckpt))
     x, xn = _batch()
     model = torch.hub.load(REPO, 'QualiCLIP', source='local')
     assert (model(xn) - QualiCLIP.from_checkpoint(ckpt).score_batch(x)).abs().max() <= 1e-6

@@ -4,20 +4,10 @@
 
 Times whole processes (median of --runs each, interleaved): `qualiclip --help`, `qualiclip score --help` and
 `python -c "import torch"`; prints the CPU (model name, avx2/avx512f/amx flags) with the figures, a JSON line last."""
-import argparse, json, os, platform, shutil, statistics, subprocess, sys, time
+import argparse, json, os, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
-def cpu_info() -> dict:
-    "Model name and the vector/matrix flags of the first CPU in /proc/cpuinfo."
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            k, _, v = line.partition(':')
-            if k.strip() == 'model name' and name in ('', platform.machine(), platform.processor()): name = v.strip()
-            if k.strip() == 'flags': flags = set(v.split()); break
-    except OSError: pass
-    keep = sorted(f for f in flags if f in ('avx2', 'avx512f', 'avx512_bf16') or f.startswith('amx'))
-    return {'cpu': name, 'flags': keep, 'cores': os.cpu_count()}
+from qualiclip.core import cpu_info   # (this process's own imports are not timed)
 
 def qualiclip_cmd() -> list[str]:
     "The `qualiclip` console script next to this Python, else `python -m qualiclip.cli`."
