@@ -157,10 +157,11 @@ def test_import_part():
 
 
 def test_const_names():
-    "Public top-level constants with their definition and comment; private names and functions left out."
+    "Public top-level constants with their definition and comment (each name of a tuple assignment: nbdev exports them all); private names and functions left out."
     cn = load_build_docs().const_names
     src = "#| export\nA = 1  # one\n# two, said above\nB: int = 2\n_C = 3\nD, E = 4, 5\ndef f(): pass\nF = {\n  'a': 1,  # not this\n}"
-    assert cn(src) == [("A", "A = 1", "one"), ("B", "B: int = 2", "two, said above"), ("F", "F = {\n  'a': 1,  # not this\n}", "")]
+    assert cn(src) == [("A", "A = 1", "one"), ("B", "B: int = 2", "two, said above"), ("D", "D, E = 4, 5", ""), ("E", "D, E = 4, 5", ""),
+                       ("F", "F = {\n  'a': 1,  # not this\n}", "")]
 
 
 def test_mini_site_screenshot(mini_project):

@@ -141,7 +141,7 @@ def const_names(src: str) -> list[tuple[str, str, str]]:
     lines, out = src.splitlines(), []
     for n in tree.body:
         tgts = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) and n.value else []
-        for t in tgts:
+        for t in [e for t in tgts for e in (t.elts if isinstance(t, ast.Tuple) else [t])]:   # `A, B = ...` names both
             if isinstance(t, ast.Name) and not t.id.startswith("_"):
                 code = ast.get_source_segment(src, n) or ast.unparse(n)
                 code_lines = code.splitlines()
