@@ -13,11 +13,12 @@ import yaml
 from .core import OutputError, atomic_path, load_params, repo_root, resolve, writes
 
 # %% auto #0
-__all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'REFERENCE', 'PristineKeys', 'ModelKeys', 'PrepareKeys', 'ModelEntry', 'EvaluateKeys',
-           'train_keys', 'prompts_keys', 'FitEntry', 'ProfileKeys', 'declared', 'held', 'conform', 'section',
-           'notebook_parameters', 'scorer_module', 'check_profile', 'merge', 'interpolate', 'profile_path',
-           'profile_chain', 'load_profile', 'resolve_overlays', 'render', 'generated_unchanged', 'profile_cmd',
-           'keys_table', 'reference_markdown', 'write_reference']
+__all__ = ['DERIVED_TRAIN', 'PAPER_SHARED', 'PROVENANCE_KINDS', 'PROVENANCE', 'REFERENCE', 'PristineKeys', 'ModelKeys',
+           'PrepareKeys', 'ModelEntry', 'EvaluateKeys', 'train_keys', 'prompts_keys', 'FitEntry', 'ProfileKeys',
+           'declared', 'held', 'conform', 'section', 'notebook_parameters', 'scorer_module', 'check_profile', 'merge',
+           'interpolate', 'profile_path', 'profile_chain', 'load_profile', 'resolve_overlays', 'render',
+           'generated_unchanged', 'profile_cmd', 'provenance', 'provenance_counts', 'keys_table', 'reference_markdown',
+           'write_reference']
 
 # %% ../nbs/13a_config.ipynb #acc187b0
 @dataclass
@@ -451,6 +452,67 @@ def profile_cmd(name:str, # a profile: demo, paper, paper-smoke, paper-smoke-gpu
     print(f"profile {p['profile']}: {' < '.join(f.name for f in chain)} -> {out} ({n} lines); next: `qualiclip check`, then `dvc repro`")
     return 0
 
+# %% ../nbs/13a_config.ipynb #56f90120
+PROVENANCE_KINDS = {   # what a key's provenance says about its value
+    'fact': "stated by the authors: the paper, the released inference code or checkpoint (the source is named)",
+    'inferred': "not stated for QualiCLIP; taken from the evidence named (the authors' earlier work, pyiqa, the checkpoint)",
+    'ours': "not public: our choice, to be ablated (method) or without effect on the method (how it runs)",
+}
+_RUN = "how it runs, not the method"
+_NP = "not public"
+PROVENANCE = {   # 'section.key' -> (kind, source or reason): every key of `train:` and `evaluate:`, the model and the run's seed and device
+    'model.backbone': ('fact', "released inference code and checkpoint: OpenAI CLIP RN50 (open_clip `RN50-quickgelu`)"),
+    'model.start': ('inferred', "the released checkpoint's frozen text tower reproduces its prompt features with OpenAI's RN50 weights"),
+    'model.init_dir': ('ours', _RUN), 'seed': ('ours', _RUN), 'device': ('ours', _RUN),
+    'train.pristine': ('inferred', "KADIS-700k's pristine images: named by a third party, and the pool of ARNIQA (same authors)"),
+    'train.val_pristine': ('ours', "validation photos kept apart from training: " + _NP),
+    'train.crop': ('inferred', "ARNIQA's 224-pixel crops; QualiCLIP's crop size is " + _NP),
+    'train.levels': ('inferred', "ARNIQA's 5 levels per distortion; QualiCLIP's L is " + _NP),
+    'train.max_distortions': ('inferred', "ARNIQA composes 1 to 4 distortions; QualiCLIP's composition is " + _NP),
+    'train.max_offset': ('ours', "the crops are 'random overlapping' (fact); the bound on their offset is ours"),
+    'train.batch_size': ('ours', _NP), 'train.steps': ('ours', _NP), 'train.lr': ('ours', _NP),
+    'train.weight_decay': ('ours', _NP), 'train.betas': ('ours', _NP), 'train.warmup_steps': ('ours', _NP),
+    'train.min_lr_ratio': ('ours', _NP), 'train.grad_clip': ('ours', _NP),
+    'train.scale': ('ours', "random resize of a pristine image before cropping: " + _NP),
+    'train.val_scale': ('ours', "resize of the validation images: " + _NP),
+    'train.bn': ('ours', "BatchNorm mode while fine-tuning: " + _NP),
+    'train.m_rank': ('ours', "margin ranking losses are the paper's (fact); their margins are " + _NP),
+    'train.m_cons': ('ours', "margin ranking losses are the paper's (fact); their margins are " + _NP),
+    'train.w_cons': ('ours', "the three losses are the paper's (fact); their weights are " + _NP),
+    'train.w_pos': ('ours', "the three losses are the paper's (fact); their weights are " + _NP),
+    'train.w_neg': ('ours', "the three losses are the paper's (fact); their weights are " + _NP),
+    'train.level_pairs': ('ours', "which level pairs are ranked (all i<j or adjacent): " + _NP),
+    'train.space': ('ours', "the similarity the losses rank (cosine or pair probability): " + _NP),
+    'train.prompt_pair': ('inferred', "the released code's 7 prompt pairs; pyiqa's author comment says all 7 were used in training"),
+    'train.precision': ('ours', _RUN), 'train.channels_last': ('ours', _RUN),
+    'train.compile': ('ours', _RUN), 'train.workers': ('ours', _RUN), 'train.log_every': ('ours', _RUN),
+    'train.ckpt_every': ('ours', _RUN), 'train.out': ('ours', _RUN),
+    'train.stop_at': ('ours', _RUN), 'train.progress': ('ours', _RUN),
+    'train.val_every': ('ours', "model selection on synthetic validation: " + _NP),
+    'train.val_repeats': ('ours', "model selection on synthetic validation: " + _NP),
+    'train.val_ordered_only': ('ours', "model selection on synthetic validation: " + _NP),
+    'train.val_balanced': ('ours', "model selection on synthetic validation: " + _NP),
+    'train.val_batch_size': ('ours', _RUN),
+    'evaluate.out': ('ours', _RUN),
+    'evaluate.split': ('inferred', "the authors' earlier evaluation: 10 random 70/10/20 splits, median; these seeded splits are ours"),
+    'evaluate.batch_size': ('ours', _RUN + " (images are batched by size, never padded: scores do not depend on it)"),
+    'evaluate.workers': ('ours', _RUN), 'evaluate.niqe_processes': ('ours', _RUN),
+    'evaluate.precision': ('ours', "the official example scores under fp16 autocast on a GPU; `auto` picks per device"),
+    'evaluate.models': ('ours', "which scorers the tables compare"),
+}
+
+def provenance(key:str, # 'section.key', e.g. 'train.lr'
+              ) -> str:
+    "A key's provenance as table text, e.g. `[ours] not public`; '' for a key without one."
+    kind, why = PROVENANCE.get(key, (None, ''))
+    return f"[{kind}] {why}" if kind else ''
+
+def provenance_counts(sections:tuple=('model', 'train'), # the sections counted: the training settings by default
+                      ) -> dict:
+    "How many keys of these sections are fact, inferred and ours."
+    kinds = [k for key, (k, _) in PROVENANCE.items() if key.split('.')[0] in sections]
+    return {k: kinds.count(k) for k in PROVENANCE_KINDS}
+
 # %% ../nbs/13a_config.ipynb #df24ecd2
 def _cell(v) -> str:
     "A default value as table text."
@@ -460,14 +522,16 @@ def _cell(v) -> str:
 
 def keys_table(section:str|None=None, # None (top level), a section name, 'ModelEntry' or 'FitEntry'
               ) -> str:
-    "The declaration of a section as a Markdown table: key, type, default, meaning."
+    "The declaration of a section as a Markdown table: key, type, default, meaning (and provenance, for `train:` and `evaluate:`)."
     if section in ('ModelEntry', 'FitEntry'):
         cls = _CLASSES[section]
         rows = {f.name: (str(f.type), MISSING if f.default is MISSING and f.default_factory is MISSING else f.default, _field_doc(cls, f.name)) for f in fields(cls)}
     else: rows = declared(section)
     pre = f"{section}." if section and section not in ('ModelEntry', 'FitEntry') else ''
-    out = ['| key | type | default | meaning |', '|---|---|---|---|']
-    out += [f"| `{pre}{k}` | {a.replace('|', ' or ')} | {_cell(d)} | {m.replace('|', '/')} |" for k, (a, d, m) in rows.items()]
+    prov = any(provenance(pre + k) for k in rows)
+    out = ['| key | type | default | meaning |' + (' provenance |' if prov else ''), '|---|---|---|---|' + ('---|' if prov else '')]
+    out += [f"| `{pre}{k}` | {a.replace('|', ' or ')} | {_cell(d)} | {m.replace('|', '/')} |" + (f" {provenance(pre + k)} |" if prov else '')
+            for k, (a, d, m) in rows.items()]
     return '\n'.join(out)
 
 REFERENCE = [(None, 'Top level'), ('pristine', '`pristine:`'), ('model', '`model:`'), ('prepare', '`prepare:`'),
