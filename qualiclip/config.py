@@ -255,6 +255,7 @@ def _paper(v:dict, # the `paper:` section
                                  f"{', '.join(p for p in pars if p not in PAPER_SHARED.get(name, ()))}.")
             kind = _kind(pars[k]) if pars is not None else 'str' if k.startswith('out_') else None   # (no notebooks here: output paths are text)
             out[name][k] = conform(x, kind, f"paper.{name}.{k}") if kind else x
+    for name in PAPER_SHARED: out.setdefault(name, {})   # every notebook's section, empty or not: its stage's `params:` names it
     return out
 
 # %% ../nbs/13a_config.ipynb #3dc2828c

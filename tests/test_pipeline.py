@@ -239,3 +239,31 @@ def test_paper_smoke_knows_the_always_run_stages():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     marked = {n for n, st in dvc.items() if st.get("do", st).get("always_changed")}
     assert marked == mod.ALWAYS_RUN == {"index_pool"}
+
+
+@pytest.mark.parametrize("name", ["demo", "paper", "paper-smoke", "paper-smoke-gpu"])
+def test_every_stage_param_resolves_in_every_profile(name):
+    "Each `params:` key dvc.yaml names (foreach keys substituted) is in the resolved profile: DVC stops on a missing one mid-run."
+    from qualiclip.config import load_profile
+    p = load_profile(name)
+    def at(path):
+        v = p
+        for part in path.split('.'):
+            if not isinstance(v, dict) or part not in v: raise KeyError(path)
+            v = v[part]
+        return v
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing, checked = [], 0
+    for stage, st in stages.items():
+        keys = [None]
+        if "foreach" in st:
+            coll = at(st["foreach"].strip("${}"))
+            keys = list(coll) if isinstance(coll, (dict, list)) else []
+        for key in keys:
+            for par in (st.get("do", st).get("params") or []):
+                if not isinstance(par, str): continue
+                par = par.replace("${key}", str(key)) if key is not None else par
+                checked += 1
+                try: at(par)
+                except KeyError: missing.append(f"{stage}: {par}")
+    assert checked > 20 and not missing, missing
