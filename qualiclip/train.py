@@ -652,6 +652,8 @@ def resume_decision(cfg:TrainConfig, # the run's settings
         except Exception as e: saved, why = None, f"its checkpoint cannot be read ({type(e).__name__}: {e})"
         if saved is not None:
             diff = _settings_diff(saved, cfg.to_dict())
+            if cfg.steps < saved.get('steps', 0):   # steps may grow; a run of more steps is never passed off as a shorter one
+                diff['steps'] = (saved['steps'], cfg.steps)
             if not diff: return True, f"resuming {ck} (same settings)"
             why = f"its settings differ (saved, now): {diff}"
     else: why = 'a new run was asked for' if r == 'no' else 'it holds no checkpoint'
