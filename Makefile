@@ -39,14 +39,18 @@ sysdeps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium is not installed and could not be installed: the docs screenshot test will say so"
 
+# The tests run with TMPDIR set to a fresh folder that is removed when they end, pass or fail: the temporary files of
+# every test cell, test and subprocess (gigabytes of checkpoints) go there, so no run leaves anything in the machine's /tmp.
+IN_TEST_TMP = tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/qualiclip-test.XXXXXX") && trap 'rm -rf "$$tmp"' EXIT && \
+	export TMPDIR="$$tmp" HF_HUB_OFFLINE=1 && echo "temporary files in $$tmp (removed at the end)" &&
+
 # The tests: every notebook's test cells (nbdev_test, slow/gpu cells skipped) and the pytest suite.
 test: install sysdeps
-	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	@$(IN_TEST_TMP) $(BIN)/nbdev_test --n_workers 2 --timing && $(BIN)/python -m pytest -q tests
 
 # Heavier test cells (minutes on a CPU; add `gpu` on a GPU machine).
 test-slow: install
-	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags slow
+	@$(IN_TEST_TMP) $(BIN)/nbdev_test --n_workers 1 --flags slow
 
 # Every GPU performance goal in one run (at most 8 minutes on one GPU): JSON lines (also in runs/bench_gpu.jsonl), then a
 # summary table. Uses .venv when there is one, else python3 with torch, torchvision and the project's other dependencies
@@ -57,8 +61,7 @@ bench-gpu:
 
 # The checks that need a GPU: the notebooks' `#| gpu` cells (with the other test cells) and pytest's GPU tests.
 test-gpu: install
-	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags gpu
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests -k test_gpu_
+	@$(IN_TEST_TMP) $(BIN)/nbdev_test --n_workers 1 --flags gpu && $(BIN)/python -m pytest -q tests -k test_gpu_
 
 # The library must be exactly what the notebooks export.
 sync-check: install
