@@ -234,7 +234,7 @@ def notebook_parameters(name:str, # a paper notebook: nbs/paper/<name>.ipynb
 PAPER_SHARED = {   # notebook -> its parameters the pipeline passes from the rest of the profile (`pipeline.paper_params`)
     'T1_opinion_unaware': ['eval_dir', 'seed', 'datasets', 'models', 'labels'], 'F1_levels': ['eval_dir', 'labels', 'dataset_root'],
     'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
-    'T3_ablations': ['runs_dir', 'index_dir', 'workers', 'device', 'seed'], 'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'],
+    'T3_ablations': ['runs_dir', 'ablations', 'index_dir', 'workers', 'device', 'seed'], 'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'],
     'F3_gmad': ['eval_dir', 'labels']}
 
 def _kind(d) -> str|None:
@@ -476,6 +476,8 @@ PROVENANCE = {   # 'section.key' -> (kind, source or reason): every key of `trai
     'train.levels': ('inferred', "ARNIQA's 5 levels per distortion; QualiCLIP's L is " + _NP),
     'train.max_distortions': ('inferred', "ARNIQA composes 1 to 4 distortions; QualiCLIP's composition is " + _NP),
     'train.max_offset': ('ours', "the crops are 'random overlapping' (fact); the bound on their offset is ours"),
+    'train.draws': ('inferred', "the reference degradation functions of the authors' earlier work draw anew on every "
+                    "call, so each (crop, level) gets its own draws; how QualiCLIP's pipeline called them is " + _NP),
     'train.batch_size': ('ours', _NP), 'train.steps': ('ours', _NP), 'train.lr': ('ours', _NP),
     'train.weight_decay': ('ours', _NP), 'train.betas': ('ours', _NP), 'train.warmup_steps': ('ours', _NP),
     'train.min_lr_ratio': ('ours', _NP), 'train.grad_clip': ('ours', _NP),

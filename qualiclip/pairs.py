@@ -18,8 +18,8 @@ from .distortions import apply_compositions, sample_compositions, ssim, psnr, ap
 from .core import writes
 
 # %% auto #0
-__all__ = ['derive_seed', 'PristineFolder', 'level_positions', 'crop_boxes', 'make_pairs', 'level_order_violations',
-           'measure_level_order', 'make_pairs_per_image', 'PairStream', 'bench_pairs_cmd']
+__all__ = ['DRAWS', 'derive_seed', 'PristineFolder', 'level_positions', 'crop_boxes', 'draw_groups', 'make_pairs',
+           'level_order_violations', 'measure_level_order', 'make_pairs_per_image', 'PairStream', 'bench_pairs_cmd']
 
 # %% ../nbs/02_pairs.ipynb #50fd4818
 def derive_seed(seed:int, # the run's seed
@@ -107,6 +107,18 @@ def crop_boxes(sizes:list, # (H, W) of each image, every side at least `crop`
     return torch.stack([ry[:, None] + oy, rx[:, None] + ox], -1)
 
 # %% ../nbs/02_pairs.ipynb #07600afc
+DRAWS = ('per_call', 'per_crop', 'shared')   # how a sample's 2L degraded crops share random draws
+
+def draw_groups(B:int, # images
+                L:int, # levels
+                draws:str='per_call', # one of `DRAWS`
+               ) -> torch.Tensor:
+    "Draw group of each row (b, l, crop) of a batch: rows of one group share their random draws, groups draw anew."
+    if draws not in DRAWS: raise ValueError(f"draws={draws!r}: use one of {', '.join(DRAWS)}.")
+    if draws == 'per_call': return torch.arange(B * L * 2)                                     # every (crop, level) anew
+    if draws == 'per_crop': return torch.arange(B).repeat_interleave(2 * L) * 2 + torch.arange(2).repeat(B * L)  # a crop's L levels share
+    return torch.arange(B).repeat_interleave(2 * L)                                           # 'shared': one group per image
+
 def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a (B,3,H,W) batch, on the target device
                crop:int=224, # crop side S
                levels:int=5, # number of levels L
@@ -116,6 +128,7 @@ def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a 
                compositions:list[list[str]]|None=None, # force these compositions (one per image) instead of drawing them
                return_pristine:bool=False, # also return the undistorted crops (B,2,3,S,S)
                timings:dict|None=None, # accumulates seconds per distortion type (see `apply_compositions`)
+               draws:str='per_call', # random draws: 'per_call' (each crop and level its own), 'per_crop', 'shared' (see `draw_groups`)
               ):
     "Two overlapping crops per image, each degraded by one composition at levels 1..L: ((B,L,2,3,S,S), compositions)."
     ims = [_fit_short(im, crop) for im in _as_float_images(images)]
@@ -127,7 +140,7 @@ def make_pairs(images, # list of (3,H,W) tensors (uint8 or float in [0,1]) or a 
     pristine = torch.stack([torch.stack([im[:, y:y+S, x:x+S] for y, x in bx]) for im, bx in zip(ims, box)])  # (B,2,3,S,S)
     x = pristine[:, None].repeat(1, L, 1, 1, 1, 1).view(B * L * 2, 3, S, S)                                 # rows (b, l, crop), a copy
     lv = level_positions(L).repeat_interleave(2).repeat(B)
-    draw = torch.arange(B).repeat_interleave(2 * L)                      # one draw group per image: both crops, every level
+    draw = draw_groups(B, L, draws)
     y = apply_compositions(x, [c for c in comps for _ in range(2 * L)], lv, generator, draw, timings, inplace=True)
     pairs = y.view(B, L, 2, 3, S, S)
     return (pairs, comps, pristine.contiguous()) if return_pristine else (pairs, comps)
@@ -151,6 +164,7 @@ def measure_level_order(n:int=512, # number of samples
                         batch:int=32, # images per batch
                         seed:int=0, # random seed
                         max_distortions:int=4, # at most this many types per composition
+                        draws:str='per_call', # how the crops and levels share random draws (see `draw_groups`)
                        ) -> dict:
     "Fraction of samples whose levels are not strictly ordered (SSIM and PSNR to the undistorted crop), on demo photos."
     ims = demo_images('train'); g = torch.Generator().manual_seed(seed); bad = {'ssim': 0, 'psnr': 0}; bad_comps = []
@@ -158,7 +172,8 @@ def measure_level_order(n:int=512, # number of samples
     while done < n:
         k = min(batch, n - done)
         sel = [ims[int(j)] for j in torch.randint(len(ims), (k,), generator=g)]
-        p, c, pr = make_pairs(sel, crop=crop, levels=levels, generator=g, max_distortions=max_distortions, return_pristine=True)
+        p, c, pr = make_pairs(sel, crop=crop, levels=levels, generator=g, max_distortions=max_distortions, return_pristine=True,
+                              draws=draws)
         for met in bad:
             v = level_order_violations(p, pr, met).flatten(1).any(1)
             bad[met] += int(v.sum())
@@ -210,6 +225,7 @@ class PairStream(Dataset):
                  world:int=1, # number of processes; each takes a disjoint share of every epoch's files
                  start:int=0, # index of the first batch (a resumed run starts where it stopped)
                  per_image:bool=False, # build samples with the per-image baseline `make_pairs_per_image` (benchmarks only)
+                 draws:str='per_call', # how a sample's crops and levels share random draws (see `draw_groups`)
                 ):
         self.device = get_device(device)
         paths = demo_folder('train') if pristine is None else pristine
@@ -219,7 +235,8 @@ class PairStream(Dataset):
         self.max_offset = crop // 2 if max_offset is None else max_offset
         self.max_distortions, self.workers, self.seed, self.steps, self.prefetch = max_distortions, workers, seed, steps, prefetch
         self.rank, self.world, self.start, self.next_step, self.timings = rank, world, start, start, None
-        self.per_image = per_image
+        self.per_image, self.draws = per_image, draws
+        draw_groups(1, 1, draws)                                          # an unknown mode fails here, not in a loader worker
         self.per_rank = len(self.dataset) // world
         if self.per_rank < 1:
             raise ValueError(f"{len(self.dataset)} pristine images in {self.source} for {world} processes: each needs at least one; "
@@ -244,7 +261,7 @@ class PairStream(Dataset):
         "Batch k's samples from its decoded images (on the images' device), with the generator of (seed, rank, k)."
         g = make_generator(derive_seed(self.seed, 'pairs', self.rank, k), ims[0].device)
         if self.per_image: return make_pairs_per_image(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g)
-        return make_pairs(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g, timings=timings)
+        return make_pairs(ims, self.crop, self.levels, self.max_offset, self.max_distortions, g, timings=timings, draws=self.draws)
 
     def __getitem__(self, k:int) -> tuple:
         "Batch k as (k, pairs or uint8 images, compositions or None, timings); pairs when degrading on the CPU."

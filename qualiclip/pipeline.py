@@ -533,7 +533,7 @@ def paper_params(params:str|dict, # the profile
     shown = sec.get('models') or [sec.get('ours'), *(sec.get('competitors') or [])]
     figure = name.startswith('F')   # figures name models by their short label, tables by their label
     shared = {'eval_dir': ev['out'], 'device': p['device'], 'seed': p['seed'], 'weights': ours, 'clip_weights': start,
-              'clipiqa_weights': start, 'runs_dir': p['ablations_dir'], 'index_dir': p['prepare']['index'],
+              'clipiqa_weights': start, 'runs_dir': p['ablations_dir'], 'ablations': list(p['ablations']), 'index_dir': p['prepare']['index'],
               'workers': ev['workers'], 'datasets': p['datasets'], 'models': list(models),
               'labels': {k: (m['short'] or m['label'] or k) if figure else (m['label'] or k) for k, m in models.items()
                          if not figure or k in shown},

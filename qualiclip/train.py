@@ -18,7 +18,7 @@ from torch import Tensor
 from .core import atomic_path, autocast_dtype, leftover_temporaries, get_device, make_generator, seed_everything, load_params, repo_root, resolve, demo_folder, rate
 from .core import FOLDER_MARK, OutputError, check_output, folder_mark, mark_folder
 from .losses import qualiclip_loss
-from .pairs import derive_seed, PristineFolder, make_pairs, level_order_violations, PairStream
+from .pairs import DRAWS, derive_seed, PristineFolder, make_pairs, level_order_violations, PairStream
 from .core import writes
 
 # %% auto #0
@@ -79,6 +79,7 @@ class TrainConfig:
     levels:int = 5 # degradation levels L per pair
     max_distortions:int = 4 # at most this many distortions composed per pair
     max_offset:int|None = None # largest offset between the two crops (None: the pairs module's default, crop/2)
+    draws:str = 'per_call' # random draws of a sample: 'per_call' (each crop and level anew), 'per_crop', 'shared'
     batch_size:int = 16 # pristine images per process and step (crops per step = batch_size * 2 * levels)
     workers:int = 2 # data loader worker processes (image decoding); 0 = in the main process
     scale:tuple = (1.0, 1.0) # random resize range of each pristine image's shorter side (never below crop)
@@ -140,6 +141,7 @@ class TrainConfig:
         if self.crop < 32 or self.crop % 32: raise ValueError(f"train.crop={self.crop} must be a positive multiple of 32 (ResNet image tower), e.g. 224.")
         if self.levels < 2: raise ValueError(f"levels={self.levels}: the ranking losses need at least 2 levels.")
         if self.bn not in ('auto', 'train', 'frozen'): raise ValueError(f"bn={self.bn!r}: use 'auto', 'train' or 'frozen'.")
+        if self.draws not in DRAWS: raise ValueError(f"train.draws={self.draws!r}: use one of {', '.join(DRAWS)}.")
         if self.precision not in ('auto', 'fp32', 'bf16', 'fp16'):
             raise ValueError(f"precision={self.precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'.")
         for k, lo in _AT_LEAST.items():
@@ -267,6 +269,7 @@ def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float
                  device='cpu', # device the degradations run on
                  ordered_only:bool=True, # keep only samples whose levels are strictly ordered in PSNR
                  balanced:bool=True, # every type equally often (repeat r of image m: type (r + m*T//M) mod T)
+                 draws:str='per_call', # how crops and levels share random draws (`qualiclip.pairs.draw_groups`), as in training
                 ) -> tuple:
     "Fixed validation crops: (x (N,3,S,S) on the CPU, level (N,), sample id (N,)), N <= images*repeats*levels."
     device = torch.device(device); g = make_generator(seed, device)
@@ -278,7 +281,7 @@ def make_val_set(images:list, # held-out pristine images (3,H,W), uint8 or float
         comps = [balanced_compositions(1, g, max_distortions, start=r + m * T // M)[0]
                  for r in range(repeats) for m in range(M)]
     p, _, pr = make_pairs(ims, crop=crop, levels=levels, max_distortions=max_distortions, generator=g,
-                          return_pristine=True, compositions=comps)
+                          return_pristine=True, compositions=comps, draws=draws)
     keep = (~level_order_violations(p, pr, 'psnr')[:, 0].any(1) if ordered_only   # judged on crop a, the one kept
             else torch.ones(len(p), dtype=torch.bool, device=p.device))
     p = p[:, :, :1]
@@ -454,7 +457,7 @@ def stream(self:Trainer, start:int=0) -> 'PairStream':
     "This process's training stream (`qualiclip.pairs.PairStream`, what `bench pairs` measures) from batch `start`."
     c = self.cfg
     return PairStream(c.pristine, c.batch_size, c.crop, c.levels, c.max_offset, c.max_distortions, self.device,
-                      c.workers, c.seed, scale=c.scale, rank=self.rank, world=self.world, start=start)
+                      c.workers, c.seed, scale=c.scale, rank=self.rank, world=self.world, start=start, draws=c.draws)
 
 # %% ../nbs/05_train.ipynb #b909c75a
 @patch
@@ -477,7 +480,7 @@ def val_set(self:Trainer) -> tuple:
                                      "(see the warnings above); give a folder of readable held-out images (--val-pristine).")
         self._val = make_val_set(ims, c.crop, c.levels, c.val_repeats, c.max_distortions, seed=derive_seed(c.seed, 'validation'),
                                  device=self.device, ordered_only=c.val_ordered_only,
-                                 balanced=c.val_balanced)
+                                 balanced=c.val_balanced, draws=c.draws)
     return self._val
 
 @patch
