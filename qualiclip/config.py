@@ -51,6 +51,7 @@ class ModelEntry:
     short:str = '' # how figures name it (default: its label)
     datasets:list[str]|None = None # the datasets it is evaluated on (None: every one of `datasets`)
     compare:bool = False # also compare its weights with the starting weights, layer by layer (stage compare_released@<name>)
+    options:dict = field(default_factory=dict) # the scorer's other options, e.g. {prompt_set: pyiqa} for clipiqa (`qualiclip models` lists them)
     module:str = '' # derived, never set by hand: the library file of its scorer's builder (a dependency of stage evaluate@<name>)
 
 @dataclass
@@ -264,6 +265,16 @@ def _paper(v:dict, # the `paper:` section
     return out
 
 # %% ../nbs/13a_config.ipynb #3dc2828c
+def _check_options(m:dict, # a row of evaluate.models
+                   key:str, # its name
+                  ):
+    "One error naming the option when a row's `options` holds one its scorer does not take."
+    from qualiclip.scoring import scorer_spec
+    ok = scorer_spec(m['scorer'])['options']
+    for o in m.get('options') or {}:
+        if o not in ok: raise ValueError(f"evaluate.models.{key}.options.{o} is not an option of scorer {m['scorer']}; "
+                                         f"its options: {', '.join(ok) or 'none'}.")
+
 def scorer_module(name:str, # a registered scorer
                   key:str='scorer', # where the profile names it, for messages
                  ) -> str:
@@ -319,7 +330,8 @@ def check_profile(p:dict, # a profile (overlays resolved)
         out = {k: out[k] for k in declared() if k in out}
         if fill:
             out['compared'] = {k: m['weights'] for k, m in out['evaluate']['models'].items() if m['compare']}
-            for k, m in out['evaluate']['models'].items(): m['module'] = scorer_module(m['scorer'], f'evaluate.models.{k}.scorer')
+            for k, m in out['evaluate']['models'].items():
+                m['module'] = scorer_module(m['scorer'], f'evaluate.models.{k}.scorer'); _check_options(m, k)
         return _refs(out) if fill else out
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
 

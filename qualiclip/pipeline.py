@@ -509,7 +509,8 @@ def evaluate_all_cmd(model:str, # a key of the profile's evaluate.models (ours, 
         raise FileNotFoundError(f"{weights}: the weights of {model} are not there; `qualiclip check` says how to get them.")
     spec = scorer_spec(kind)
     scorer = make_scorer(kind, str(resolve(weights)), p['device'], ev['precision'] if spec['precision'] else None,
-                         **({'processes': ev['niqe_processes']} if 'processes' in spec['options'] else {}))
+                         **({'processes': ev['niqe_processes']} if 'processes' in spec['options'] else {}),
+                         **ev['models'][model]['options'])
     index, out = resolve(p['prepare']['index']), resolve(ev['out'])/model
     failed = []
     for d in datasets:
