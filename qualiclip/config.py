@@ -236,7 +236,8 @@ PAPER_SHARED = {   # notebook -> its parameters the pipeline passes from the res
     'T1_opinion_unaware': ['eval_dir', 'seed', 'datasets', 'models', 'labels'], 'F1_levels': ['eval_dir', 'labels', 'dataset_root'],
     'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
     'T3_ablations': ['runs_dir', 'ablations', 'index_dir', 'workers', 'device', 'seed'], 'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'],
-    'F3_gmad': ['eval_dir', 'labels'], 'F4_scores_vs_mos': ['eval_dir', 'labels', 'dataset_root', 'seed']}
+    'F3_gmad': ['eval_dir', 'labels'], 'F4_scores_vs_mos': ['eval_dir', 'labels', 'dataset_root', 'seed'],
+    'C1_calibration': ['eval_dir']}
 
 def _kind(d) -> str|None:
     "The declared type a paper notebook's literal default asks for (None: anything)."
