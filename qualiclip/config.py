@@ -52,6 +52,7 @@ class ModelEntry:
     datasets:list[str]|None = None # the datasets it is evaluated on (None: every one of `datasets`)
     compare:bool = False # also compare its weights with the starting weights, layer by layer (stage compare_released@<name>)
     options:dict = field(default_factory=dict) # the scorer's other options, e.g. {prompt_set: pyiqa} for clipiqa (`qualiclip models` lists them)
+    resize:dict[str, int] = field(default_factory=dict) # dataset -> shorter side its images are scored at, instead of the dataset's own (e.g. pyiqa's conditions)
     module:str = '' # derived, never set by hand: the library file of its scorer's builder (a dependency of stage evaluate@<name>)
 
 @dataclass
@@ -294,6 +295,9 @@ def _refs(p:dict) -> dict:
     for name, m in models.items():
         for d in m['datasets'] or []:
             if d not in ds: raise ValueError(f"evaluate.models.{name}.datasets lists {d!r}, which is not one of datasets ({ds}).")
+        for d, side in (m.get('resize') or {}).items():
+            if d not in (m['datasets'] or ds): raise ValueError(f"evaluate.models.{name}.resize names {d!r}, which {name} is not evaluated on.")
+            if side < 1: raise ValueError(f"evaluate.models.{name}.resize.{d} is {side}: give the shorter side in pixels.")
     for k, f in (p['prompts'].get('fit') or {}).items():
         if f['dataset'] not in ds: raise ValueError(f"prompts.fit.{k}.dataset is {f['dataset']!r}, which is not one of datasets ({ds}).")
     if len(p['model']['start']) != 1:

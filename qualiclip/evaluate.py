@@ -175,7 +175,13 @@ def _reusable(df:pd.DataFrame, # the rows to score, with this run's `scorer_id`,
     if changed.any():
         print(f"evaluate: {int(changed.sum())} image(s) changed since {f_scores} scored them (size or SHA-256 differs), "
               f"e.g. {df.image[changed].iloc[0]}; scoring them again.", file=sys.stderr)
-    out = got[cols].astype(float); out.loc[~(known & unchanged)] = np.nan
+    side = lambda s: pd.to_numeric(s, errors='coerce').fillna(0).astype(float)    # the shorter side scored at (0: native)
+    resized = known & unchanged & ((side(got.resize_short) != side(df.resize_short)) if 'resize_short' in got and 'resize_short' in df
+                                   else False)
+    if resized.any():
+        print(f"evaluate: {int(resized.sum())} image(s) of {f_scores} were scored at another size (resize_short), "
+              f"e.g. {df.image[resized].iloc[0]}; scoring them again.", file=sys.stderr)
+    out = got[cols].astype(float); out.loc[~(known & unchanged) | resized] = np.nan
     return out
 
 def eval_outputs(out_dir:str|Path, # evaluate's report folder
@@ -264,12 +270,16 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
              logistic_params:int=5, # 5 (Sheikh) or 4 (VQEG) parameter logistic for plcc_logistic
              sources:dict|None=None, # the files the scorer was built from (name -> path; None: what the scorer records)
              progress:bool=True, # tqdm bar
+             resize_short:int|None=None, # score every image at this shorter side instead of the dataset's own policy (None: the policy)
             ) -> dict:
     "Score a dataset with `scorer`, write scores.csv and metrics.json into `out_dir`, and return the metrics."
     src = scorer_sources(scorer) if sources is None else {k: str(v) for k, v in sources.items() if v}
     inputs = [root, *src.values()]
     eval_outputs(out_dir, inputs, quiet=(folder_mark(out_dir) or {}).get('kind') == 'output')   # before any scoring
     df, protocol = select_split(_load_table(dataset, root, missing), dataset, split, n_splits, split_seed)
+    if resize_short is not None:
+        if int(resize_short) < 1: raise ValueError(f"resize_short={resize_short}: give a positive number of pixels, or None.")
+        df['resize_short'] = float(resize_short)
     ident = scorer_identity(scorer, src); tag = ident['model']; hb_score = ident['higher_better']
     out = output_folder(out_dir, inputs); f_scores = out / 'scores.csv'
     sizes, shas = _file_ids(np.where(df._missing, '', df.path))

@@ -34,11 +34,12 @@ def test_calibration_rows_compare_only_the_same_images_at_the_same_size(tmp_path
     mos, q = write_scores(tmp_path, "clipiqa_pyiqa", "clive", 1162, 0, 500)                     # as published: comparable
     split = np.array(["test"] * 2015 + ["train"] * 500)
     mk, qk = write_scores(tmp_path, "clipiqa_pyiqa", "koniq10k", 2515, 1, 768, split=split)      # test split, at 1024x768
-    write_scores(tmp_path, "niqe", "spaq", 11125, 2, 3000, higher_better=False, resize_short=512)   # SPAQ at 512, not 448
+    write_scores(tmp_path, "niqe", "spaq", 11125, 2, 3000, higher_better=False, resize_short=512)   # SPAQ at 512, not 448 ...
+    ms, qs = write_scores(tmp_path, "niqe_448", "spaq", 11125, 4, 3000, higher_better=False, resize_short=448)   # ... but `use` picks this
     write_scores(tmp_path, "niqe", "clive", 4, 3, 500, higher_better=False)                      # a stand-in
     out = tmp_path / "out"; out.mkdir()
     r = subprocess.run([str(BIN / "papermill"), str(ROOT / "nbs/paper/C1_calibration.ipynb"), str(out / "c1.ipynb"),
-                        "-p", "clipiqa", "clipiqa_pyiqa", "-p", "out_md", str(out / "c.md"), "-p", "out_csv", str(out / "c.csv"),
+                        "-p", "clipiqa", "clipiqa_pyiqa", "-y", "use: {niqe.spaq: niqe_448}", "-p", "out_md", str(out / "c.md"), "-p", "out_csv", str(out / "c.csv"),
                         "-p", "out_metrics", str(out / "c.json")], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, QUALICLIP_ROOT=str(tmp_path), HF_HUB_OFFLINE="1"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -51,8 +52,9 @@ def test_calibration_rows_compare_only_the_same_images_at_the_same_size(tmp_path
     assert kon.n_ours == 2015 and kon.srcc_ours == pytest.approx(spearmanr(qk[:2015], mk[:2015])[0], abs=1e-12)
     assert kon.comparable == "no: scored at short side 768, published 384"
     spaq = t.loc[("niqe", "spaq")]                                         # lower is better: the sign is turned, as pyiqa reports
-    assert spaq.srcc_ours > 0.5 and spaq.comparable == "no: scored at short side 512, published 448"
+    assert spaq.comparable == "yes" and spaq.srcc_ours == pytest.approx(spearmanr(qs, ms)[0], abs=1e-12) and spaq.srcc_ours > 0.5
     assert t.loc[("niqe", "clive")].comparable == "no: 4 of 1162 images"
     assert t.loc[("clipiqa", "flive")].comparable.startswith("no: not evaluated")
-    assert json.loads((out / "c.json").read_text()) == {"comparable_rows": 1, "clipiqa.clive.d_srcc": round(clive.d_srcc, 4)}
-    assert "1 of 7 published rows are comparable." in (out / "c.md").read_text()
+    assert json.loads((out / "c.json").read_text()) == {"comparable_rows": 2, "clipiqa.clive.d_srcc": round(clive.d_srcc, 4),
+                                                         "niqe.spaq.d_srcc": round(spaq.d_srcc, 4)}
+    assert "2 of 7 published rows are comparable." in (out / "c.md").read_text()
