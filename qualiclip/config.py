@@ -51,6 +51,8 @@ class ModelEntry:
     short:str = '' # how figures name it (default: its label)
     datasets:list[str]|None = None # the datasets it is evaluated on (None: every one of `datasets`)
     compare:bool = False # also compare its weights with the starting weights, layer by layer (stage compare_released@<name>)
+    options:dict = field(default_factory=dict) # the scorer's other options, e.g. {prompt_set: pyiqa} for clipiqa (`qualiclip models` lists them)
+    resize:dict[str, int] = field(default_factory=dict) # dataset -> shorter side its images are scored at, instead of the dataset's own (e.g. pyiqa's conditions)
     module:str = '' # derived, never set by hand: the library file of its scorer's builder (a dependency of stage evaluate@<name>)
 
 @dataclass
@@ -235,7 +237,8 @@ PAPER_SHARED = {   # notebook -> its parameters the pipeline passes from the res
     'T1_opinion_unaware': ['eval_dir', 'seed', 'datasets', 'models', 'labels'], 'F1_levels': ['eval_dir', 'labels', 'dataset_root'],
     'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
     'T3_ablations': ['runs_dir', 'ablations', 'index_dir', 'workers', 'device', 'seed'], 'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'],
-    'F3_gmad': ['eval_dir', 'labels']}
+    'F3_gmad': ['eval_dir', 'labels'], 'F4_scores_vs_mos': ['eval_dir', 'labels', 'dataset_root', 'seed'],
+    'C1_calibration': ['eval_dir']}
 
 def _kind(d) -> str|None:
     "The declared type a paper notebook's literal default asks for (None: anything)."
@@ -264,6 +267,16 @@ def _paper(v:dict, # the `paper:` section
     return out
 
 # %% ../nbs/13a_config.ipynb #3dc2828c
+def _check_options(m:dict, # a row of evaluate.models
+                   key:str, # its name
+                  ):
+    "One error naming the option when a row's `options` holds one its scorer does not take."
+    from qualiclip.scoring import scorer_spec
+    ok = scorer_spec(m['scorer'])['options']
+    for o in m.get('options') or {}:
+        if o not in ok: raise ValueError(f"evaluate.models.{key}.options.{o} is not an option of scorer {m['scorer']}; "
+                                         f"its options: {', '.join(ok) or 'none'}.")
+
 def scorer_module(name:str, # a registered scorer
                   key:str='scorer', # where the profile names it, for messages
                  ) -> str:
@@ -282,6 +295,9 @@ def _refs(p:dict) -> dict:
     for name, m in models.items():
         for d in m['datasets'] or []:
             if d not in ds: raise ValueError(f"evaluate.models.{name}.datasets lists {d!r}, which is not one of datasets ({ds}).")
+        for d, side in (m.get('resize') or {}).items():
+            if d not in (m['datasets'] or ds): raise ValueError(f"evaluate.models.{name}.resize names {d!r}, which {name} is not evaluated on.")
+            if side < 1: raise ValueError(f"evaluate.models.{name}.resize.{d} is {side}: give the shorter side in pixels.")
     for k, f in (p['prompts'].get('fit') or {}).items():
         if f['dataset'] not in ds: raise ValueError(f"prompts.fit.{k}.dataset is {f['dataset']!r}, which is not one of datasets ({ds}).")
     if len(p['model']['start']) != 1:
@@ -319,7 +335,8 @@ def check_profile(p:dict, # a profile (overlays resolved)
         out = {k: out[k] for k in declared() if k in out}
         if fill:
             out['compared'] = {k: m['weights'] for k, m in out['evaluate']['models'].items() if m['compare']}
-            for k, m in out['evaluate']['models'].items(): m['module'] = scorer_module(m['scorer'], f'evaluate.models.{k}.scorer')
+            for k, m in out['evaluate']['models'].items():
+                m['module'] = scorer_module(m['scorer'], f'evaluate.models.{k}.scorer'); _check_options(m, k)
         return _refs(out) if fill else out
     except ValueError as e: raise ValueError(f"{src}: {e}") from None
 

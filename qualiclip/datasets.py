@@ -19,10 +19,12 @@ from .core import DEMO_SPLITS, atomic_path, demo_images, demo_photo, load_pil, s
 from .core import OutputError, check_output, sha256sum, writes
 
 # %% auto #0
-__all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE', 'DatasetError',
-           'DownloadError', 'ChecksumError', 'ArchiveError', 'ConflictError', 'find_file', 'DatasetSpec', 'register',
-           'get_spec', 'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'fetch', 'download', 'miniature',
-           'miniature_sources', 'build_demo_dataset', 'verify', 'prepare_cmd', 'write_index', 'read_index']
+__all__ = ['DATASETS', 'LIVE_FOLDERS', 'CSIQ_TYPES', 'COLUMNS', 'ARCHIVE_SUFFIXES', 'LOCK_NAME', 'DISK_SPACE',
+           'AUTHOR_SPLITS_URL', 'AUTHOR_SPLITS_DIR', 'SPLIT_PARTS', 'AUTHOR_SPLITS', 'DatasetError', 'DownloadError',
+           'ChecksumError', 'ArchiveError', 'ConflictError', 'find_file', 'DatasetSpec', 'register', 'get_spec',
+           'load_dataset', 'make_splits', 'is_archive', 'safe_extract', 'fetch', 'download', 'fetch_author_splits',
+           'read_author_splits', 'attach_author_splits', 'miniature', 'miniature_sources', 'build_demo_dataset',
+           'verify', 'prepare_cmd', 'write_index', 'read_index']
 
 # %% ../nbs/06_datasets.ipynb #3ff17ad6
 class DatasetError(ValueError):
@@ -1077,6 +1079,100 @@ def download(name:str, # a key of `DATASETS`
         if progress: print(f"deleted {', '.join(f.name for f in gone)} (unpacked and verified; recorded in {LOCK_NAME})", file=sys.stderr)
     return root
 
+# %% ../nbs/06_datasets.ipynb #4a6cfefd
+AUTHOR_SPLITS_URL = ('https://raw.githubusercontent.com/miccunifi/ARNIQA/f60c0f284ae6a28ebccaa5279962956760529572/'
+                     'datasets/{folder}/splits/{part}.npy')
+AUTHOR_SPLITS_DIR = 'authors_splits'   # inside the dataset's root
+SPLIT_PARTS = ('train', 'val', 'test')
+AUTHOR_SPLITS = {   # our name -> (their folder, SHA-256 of train.npy, val.npy, test.npy, the row order the indices refer to)
+    'clive': ('CLIVE', ('161995fefa608c8bdebae0cd07239052f95b6cab88749d68595457db7d4f9810',
+               'd2483f0fffc8f8d69e8d9ad59340cddbe87ff7436cc4a72e1de4cc064d71f548',
+               'a4f333a71506153f785c5e6590eb7d4da0e9199de2df0b157662218424e9d1c9'),
+        "the order of AllImages_release.mat with the 7 training images t*.bmp dropped (assumed: the authors' code has no CLIVE loader)"),
+    'koniq10k': ('KonIQ-10k', ('e567e6b53aa5cb69056c87783e83ab4f2f104024252f0c5fa95bb5f28a59b970',
+                  'f082818ebeb71c98d0393fd4e9a18dde48ae6be5d3c46df7b106a6da7f7c4786',
+                  '11799409e56bd3c3a404e80dafea26ea2d360a86f1bbefb25332c842d1600803'),
+        "the order of koniq10k_scores_and_distributions.csv (assumed: the authors' code has no KonIQ-10k loader)"),
+    'spaq': ('SPAQ', ('d909bacae48bf5db25063bc124de35e68fa29a379e3cdd8dab3840c73fe70665',
+              'bc4ceeb83eb050610b48a930d1ab323fc31089f411ead146a5219a9272ce58ab',
+              '24b3a61e65321868dbb1bc175508cbd7803ea0333f22af294ce5c5d93266c7bd'),
+        "the order of SPAQ's 'MOS and Image attribute scores.xlsx' (the file the authors' loader reads)"),
+    'flive': ('FLIVE', ('5140663f85aff5be1bbdc17bfec7fc909e7b956850e17a5bee116b8f54ed25f9',
+               '2a869d035c04819e28c0d9f00f3c3d1e7588ced6f7914dda78cb1b926f44a849',
+               '6a139372e743dbbc4565e66917fdc5b39ef488d9b54228b14f69d5f9f19f3adc'),
+        "the order of labels_image.csv (the file the authors' loader reads)"),
+    'live': ('LIVE', ('78612a7fd29519f2e394f4366b7a96a1738b478a5c04386321de3c483c463081',
+              '814c53738ee404a6e158b45e8ccdd65afd38b3893530ef6a5e139b4c02d0f945',
+              '9ae03ffc6ad27990f62661ecfc674ca49ca496a66226eee552b1d832f7f157de'),
+        "the order of dmos.mat, i.e. jp2k, jpeg, wn, gblur, fastfading (assumed equal to the LIVE.txt CSV the authors' loader reads)"),
+    'csiq': ('CSIQ', ('ece6ee480356e37be8c93b3f5eaa434d439680a905c62925ddf41f0e6348f0df',
+              '72e2f9087425369cdd1454375fce5d1ea7b595b71b2bb141b1806979ec11287c',
+              'e371dd71cacd78a7d5f1677a8a28c6f2c9ea6353cb4e83e80c77e2b9b386af0c'),
+        "the order of csiq.DMOS.xlsx (assumed equal to the CSIQ.txt CSV the authors' loader reads)"),
+    'tid2013': ('TID2013', ('b9832d71d78c20be13d089ac727aa7e7cc13cfb644eb193f8659111bcf2c0c0e',
+                 '3b729b5923e1c3d8e0fe868858c3732f5c6a5cde40b4f07e3501bb5f366d354b',
+                 '14863b9220afcb26fd24c04f815e3b84a82dd4fe16a99f68e43be0d2eb5f9452'),
+        "the order of mos_with_names.txt (the file the authors' loader reads)"),
+    'kadid10k': ('KADID10K', ('3838403bd42b3df38853e5258bc97a60ab08da3aa3451bb8f5f21bf740d04179',
+                  'c708adec5b97f2c366c76be15194916542132798881d32ee61f299a457cd09e2',
+                  '90a38314abb235918a19e46cb9105a9adb664832e675e7343895dec98e932016'),
+        "the order of dmos.csv (the file the authors' loader reads)"),
+}
+
+def fetch_author_splits(name:str, # a key of `AUTHOR_SPLITS`
+                        root:str|Path, # the dataset's root: the files go to root/authors_splits/
+                        base_url:str|None=None, # another source with the same layout ('{folder}' and '{part}' in it; tests)
+                        progress:bool=False, # tqdm bars
+                       ) -> list[Path]:
+    "Download the authors' train/val/test split files of a dataset, each checked against its pinned SHA-256; files already there are checked, not fetched."
+    if name not in AUTHOR_SPLITS: raise DatasetError(f"No published split files for {name!r}; there are for {', '.join(AUTHOR_SPLITS)}.")
+    folder, digests, _ = AUTHOR_SPLITS[name]; out = []
+    for part, sha in zip(SPLIT_PARTS, digests):
+        dest = Path(root)/AUTHOR_SPLITS_DIR/f'{part}.npy'
+        if dest.exists():
+            if sha256sum(dest) != sha:
+                raise ChecksumError(f"{dest}: not the authors' {folder} {part}.npy (SHA-256 differs from {sha}); move it away and run again.")
+        else: fetch((base_url or AUTHOR_SPLITS_URL).format(folder=folder, part=part), dest, sha256=sha, progress=progress)
+        out.append(dest)
+    return out
+
+def read_author_splits(root:str|Path, # the dataset's root (its authors_splits/ folder is read)
+                       n_rows:int, # rows of the dataset's table
+                      ) -> np.ndarray|None:
+    "The authors' splits as labels (S, n_rows): 'train', 'val', 'test' or '' per row; None when the folder is absent."
+    d = Path(root)/AUTHOR_SPLITS_DIR
+    if not d.is_dir(): return None
+    parts = {}
+    for part in SPLIT_PARTS:
+        f = d/f'{part}.npy'
+        try: a = np.load(f, allow_pickle=False)
+        except (OSError, ValueError) as e: raise DatasetError(f"{f}: not a readable split file ({e}); fetch it again with `qualiclip prepare ... --download`.") from None
+        if a.dtype != np.int64 or a.ndim not in (1, 2):
+            raise DatasetError(f"{f}: expected int64 indices of shape (splits, N) or (N,), got {a.dtype} {a.shape}.")
+        a = a[None] if a.ndim == 1 else a
+        if a.size and (a.min() < -1 or a.max() >= n_rows):
+            raise DatasetError(f"{f}: indices {a.min()}..{a.max()} do not fit the dataset's {n_rows} rows (-1 pads, 0..{n_rows - 1} "
+                               "name rows); these splits belong to another version of the dataset or another row order.")
+        parts[part] = a
+    S = {a.shape[0] for a in parts.values()}
+    if len(S) != 1: raise DatasetError(f"{d}: train, val and test hold different numbers of splits ({sorted(S)}).")
+    out = np.full((S.pop(), n_rows), '', dtype=object)
+    for part, a in parts.items():
+        for s, row in enumerate(a):
+            idx = row[row >= 0]
+            if (out[s, idx] != '').any() or len(np.unique(idx)) != len(idx):
+                raise DatasetError(f"{d}: split {s} puts a row in two parts (or twice in {part}.npy); the files are damaged.")
+            out[s, idx] = part
+    return out
+
+def attach_author_splits(df:pd.DataFrame, # a table from `load_dataset`, in its metadata order
+                         root:str|Path, # the dataset's root
+                        ) -> pd.DataFrame:
+    "The table with the authors' splits as columns `authors_0`.. when its root holds them (unchanged otherwise)."
+    lab = read_author_splits(root, len(df))
+    if lab is None: return df
+    return df.assign(**{f'authors_{s}': lab[s] for s in range(len(lab))})
+
 # %% ../nbs/06_datasets.ipynb #8275550d
 def miniature(name:str, # a key of `DATASETS`
               root:str|Path, # folder to create (must not exist or be empty)
@@ -1208,7 +1304,9 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
         spec = get_spec(dataset)
         if dataset == 'demo' or download: _dataset_root(root, [checksums] if checksums else ())   # before any work
         if dataset == 'demo': build_demo_dataset(root, seed=seed, size=size)
-        elif download: globals()['download'](dataset, root, checksums=_read_checksums(checksums), delete_archives=delete_archives)
+        elif download:
+            globals()['download'](dataset, root, checksums=_read_checksums(checksums), delete_archives=delete_archives)
+            if dataset in AUTHOR_SPLITS: fetch_author_splits(dataset, root, progress=True)   # the authors' split files, checked
         r = verify(dataset, root)
     except ConflictError as e:          # something of the user's is in the way: kept, and the exit code says so
         print(f"prepare {dataset}: {e}", file=sys.stderr); return 2
@@ -1229,10 +1327,11 @@ def write_index(name:str, # a key of `qualiclip.datasets.DATASETS`
                 root:str|Path, # the dataset's folder (owners' layout)
                 out:str|Path, # the index file to write (CSV)
                ) -> pd.DataFrame:
-    "Verify a dataset and write its index: one row per image (path relative to the index, score, splits, size and mtime)."
+    "Verify a dataset and write its index: one row per image (path relative to the index, score, splits, the authors' splits, size and mtime)."
     root, out = Path(root), Path(out)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore'); df = load_dataset(name, root, missing='keep')
+    df = attach_author_splits(df, root)                               # the authors' splits, when prepare fetched them
     st = [os.stat(p) if os.path.isfile(p) else None for p in df.path]
     df['bytes'] = [s.st_size if s else np.nan for s in st]
     df['mtime_ns'] = [s.st_mtime_ns if s else np.nan for s in st]   # any rewrite of an image changes the index

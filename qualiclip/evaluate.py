@@ -25,8 +25,8 @@ from .core import writes
 # %% auto #0
 __all__ = ['METRIC_KEYS', 'SCORE_COLS', 'ID_COLS', 'EVAL_FILES', 'scorer_tag', 'source_sha256', 'scorer_sources',
            'scorer_identity', 'select_split', 'eval_outputs', 'score_rows', 'compute_metrics', 'evaluate',
-           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_split_sets', 'corr_or_nan', 'protocol_rows',
-           'write_table', 'policy_resize']
+           'evaluate_cmd', 'bench_models_cmd', 'oriented', 'test_protocols', 'test_split_sets', 'corr_or_nan',
+           'protocol_rows', 'write_table', 'policy_resize']
 
 # %% ../nbs/08_evaluate.ipynb #0c37c6ba
 METRIC_KEYS = ('srcc', 'plcc', 'plcc_logistic', 'krcc')
@@ -175,7 +175,13 @@ def _reusable(df:pd.DataFrame, # the rows to score, with this run's `scorer_id`,
     if changed.any():
         print(f"evaluate: {int(changed.sum())} image(s) changed since {f_scores} scored them (size or SHA-256 differs), "
               f"e.g. {df.image[changed].iloc[0]}; scoring them again.", file=sys.stderr)
-    out = got[cols].astype(float); out.loc[~(known & unchanged)] = np.nan
+    side = lambda s: pd.to_numeric(s, errors='coerce').fillna(0).astype(float)    # the shorter side scored at (0: native)
+    resized = known & unchanged & ((side(got.resize_short) != side(df.resize_short)) if 'resize_short' in got and 'resize_short' in df
+                                   else False)
+    if resized.any():
+        print(f"evaluate: {int(resized.sum())} image(s) of {f_scores} were scored at another size (resize_short), "
+              f"e.g. {df.image[resized].iloc[0]}; scoring them again.", file=sys.stderr)
+    out = got[cols].astype(float); out.loc[~(known & unchanged) | resized] = np.nan
     return out
 
 def eval_outputs(out_dir:str|Path, # evaluate's report folder
@@ -264,12 +270,16 @@ def evaluate(dataset:str, # a key of `qualiclip.datasets.DATASETS`
              logistic_params:int=5, # 5 (Sheikh) or 4 (VQEG) parameter logistic for plcc_logistic
              sources:dict|None=None, # the files the scorer was built from (name -> path; None: what the scorer records)
              progress:bool=True, # tqdm bar
+             resize_short:int|None=None, # score every image at this shorter side instead of the dataset's own policy (None: the policy)
             ) -> dict:
     "Score a dataset with `scorer`, write scores.csv and metrics.json into `out_dir`, and return the metrics."
     src = scorer_sources(scorer) if sources is None else {k: str(v) for k, v in sources.items() if v}
     inputs = [root, *src.values()]
     eval_outputs(out_dir, inputs, quiet=(folder_mark(out_dir) or {}).get('kind') == 'output')   # before any scoring
     df, protocol = select_split(_load_table(dataset, root, missing), dataset, split, n_splits, split_seed)
+    if resize_short is not None:
+        if int(resize_short) < 1: raise ValueError(f"resize_short={resize_short}: give a positive number of pixels, or None.")
+        df['resize_short'] = float(resize_short)
     ident = scorer_identity(scorer, src); tag = ident['model']; hb_score = ident['higher_better']
     out = output_folder(out_dir, inputs); f_scores = out / 'scores.csv'
     sizes, shas = _file_ids(np.where(df._missing, '', df.path))
@@ -397,17 +407,32 @@ def oriented(scores:pd.DataFrame, # a scores.csv table (score, mos, higher_bette
     return sp * ok.score.to_numpy(float), sq * ok.mos.to_numpy(float)
 
 # %% ../nbs/08_evaluate.ipynb #4c9d2e8f
+def test_protocols(scores:pd.DataFrame, # a scores.csv table of one dataset
+                   dataset:str, # its name (the registry says whether an official split exists)
+                   n_splits:int=10, # seeded splits when there is no other
+                   split_seed:int=0, # their seed
+                  ) -> list[tuple[str, list[np.ndarray]]]:
+    "Each test protocol's name and the row positions of its test split(s): the owners' official split, the authors' split files, or else N seeded 70/10/20 splits."
+    ok = scores[scores.score.notna() & scores.mos.notna()].reset_index(drop=True); out = []
+    if get_spec(dataset).official_split and 'split' in ok and (ok['split'] == 'test').any():
+        out.append(('official test split', [np.flatnonzero(ok['split'].to_numpy() == 'test')]))
+    cols = sorted((c for c in ok.columns if re.fullmatch(r'authors_\d+', c)), key=lambda c: int(c[8:]))
+    sets = [np.flatnonzero(ok[c].astype(str).to_numpy() == 'test') for c in cols]
+    if sets and all(len(s) for s in sets):
+        out.append(("the authors' test split" if len(sets) == 1 else f"median of the authors' {len(sets)} test splits", sets))
+    if not out:
+        s = make_splits(ok, n=n_splits, seed=split_seed)
+        out.append((f'median of {n_splits} seeded 70/10/20 test splits', [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)]))
+    return out
+
 def test_split_sets(scores:pd.DataFrame, # a scores.csv table of one dataset
-                    dataset:str, # its name (the registry says whether an official split exists)
-                    n_splits:int=10, # seeded splits when there is no official one
+                    dataset:str, # its name
+                    n_splits:int=10, # seeded splits when there is no other
                     split_seed:int=0, # their seed
                    ) -> tuple[list[np.ndarray], str]:
-    "Row positions of each test split and the protocol's name: the official test split, or N seeded 70/10/20 splits."
-    ok = scores[scores.score.notna() & scores.mos.notna()].reset_index(drop=True)
-    if get_spec(dataset).official_split and 'split' in ok and (ok['split'] == 'test').any():
-        return [np.flatnonzero(ok['split'].to_numpy() == 'test')], 'official test split'
-    s = make_splits(ok, n=n_splits, seed=split_seed)
-    return [np.flatnonzero(s[f'split_{i}'].to_numpy() == 'test') for i in range(n_splits)], f'median of {n_splits} seeded 70/10/20 test splits'
+    "The first of `test_protocols`: (row positions of each test split, the protocol's name)."
+    name, sets = test_protocols(scores, dataset, n_splits, split_seed)[0]
+    return sets, name
 
 # %% ../nbs/08_evaluate.ipynb #cb4035bd
 def corr_or_nan(fn, # a correlation, e.g. `srcc`
@@ -428,9 +453,9 @@ def protocol_rows(scores:pd.DataFrame, # a scores.csv table of one dataset
                  ) -> list[dict]:
     "One row per protocol (whole dataset, test splits): SRCC and PLCC with 95% bootstrap intervals, n, protocol name."
     p, q = oriented(scores)
-    sets, name = test_split_sets(scores, dataset, n_splits, split_seed)
+    protos = [('whole dataset', [np.arange(len(p))])] + [(f'test splits ({n})', s) for n, s in test_protocols(scores, dataset, n_splits, split_seed)]
     rng = np.random.default_rng(seed); out = []
-    for proto, parts in (('whole dataset', [np.arange(len(p))]), (f'test splits ({name})', sets)):
+    for proto, parts in protos:
         row = {'protocol': proto, 'n': int(np.median([len(i) for i in parts]))}
         for k, f in (('srcc', srcc), ('plcc', plcc)):
             fn = lambda a, b, f=f: corr_or_nan(f, a, b)

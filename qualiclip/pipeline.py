@@ -136,8 +136,10 @@ def profile_inputs(params:str|dict='params.yaml', # params file or dict (the pro
                                f"download OpenAI's weights{' (' + url + ')' if url else ''} to {f}, e.g. "
                                f"`mkdir -p {Path(f).parent} && curl -L -o {f} {url or 'URL'}`", '0.3 GB'))
     made = _made_by_pipeline(p)
-    for name, m in p['evaluate']['models'].items():   # each model's weights file, unless the pipeline writes it
-        w = m['weights']
+    users = {}                                        # each weights file once, with every model that reads it
+    for name, m in p['evaluate']['models'].items(): users.setdefault(m['weights'], []).append(name)
+    for w, names in users.items():                    # each model's weights file, unless the pipeline writes it
+        name, m = ', '.join(names), p['evaluate']['models'][names[0]]
         if w in made or _is_demo_path(w, p): continue
         kind = scorer_spec(m['scorer'])['weights']
         if kind == 'niqe':
@@ -509,13 +511,14 @@ def evaluate_all_cmd(model:str, # a key of the profile's evaluate.models (ours, 
         raise FileNotFoundError(f"{weights}: the weights of {model} are not there; `qualiclip check` says how to get them.")
     spec = scorer_spec(kind)
     scorer = make_scorer(kind, str(resolve(weights)), p['device'], ev['precision'] if spec['precision'] else None,
-                         **({'processes': ev['niqe_processes']} if 'processes' in spec['options'] else {}))
+                         **({'processes': ev['niqe_processes']} if 'processes' in spec['options'] else {}),
+                         **ev['models'][model]['options'])
     index, out = resolve(p['prepare']['index']), resolve(ev['out'])/model
     failed = []
     for d in datasets:
         try:
-            m = evaluate(d, index/f'{d}.csv', scorer, split=ev['split'], out_dir=out/d,
-                         batch_size=ev['batch_size'], workers=ev['workers'], resume=False, progress=False)
+            m = evaluate(d, index/f'{d}.csv', scorer, split=ev['split'], out_dir=out/d, batch_size=ev['batch_size'],
+                         workers=ev['workers'], resume=False, progress=False, resize_short=ev['models'][model]['resize'].get(d))
             if m.get('srcc') is None: failed.append(f"{d}: no correlation ({m.get('metrics_error') or 'every image failed'})")
         except (ValueError, OSError) as e: failed.append(f"{d}: {e}")
     for f in failed: print(f"evaluate-all {model}: {f}", file=sys.stderr)
