@@ -238,7 +238,7 @@ PAPER_SHARED = {   # notebook -> its parameters the pipeline passes from the res
     'T2_cross_dataset': ['index_dir', 'weights', 'clip_weights', 'workers', 'device', 'seed'],
     'T3_ablations': ['runs_dir', 'ablations', 'index_dir', 'workers', 'device', 'seed'], 'F2_gradcam': ['weights', 'clipiqa_weights', 'index_dir', 'device'],
     'F3_gmad': ['eval_dir', 'labels'], 'F4_scores_vs_mos': ['eval_dir', 'labels', 'dataset_root', 'seed'],
-    'C1_calibration': ['eval_dir']}
+    'C1_calibration': ['eval_dir'], 'F5_level_order': ['weights', 'clip_weights', 'device']}
 
 def _kind(d) -> str|None:
     "The declared type a paper notebook's literal default asks for (None: anything)."

@@ -26,8 +26,8 @@ __all__ = ['TrainConfig', 'train_config', 'dist_env', 'setup_distributed', 'clea
            'balanced_compositions', 'make_val_set', 'validate', 'rng_state', 'set_rng_state', 'bn_has_statistics',
            'Trainer', 'CheckpointWriteError', 'write_errors', 'is_training_checkpoint', 'run_state', 'run_kind',
            'check_run_folder', 'adopt_run', 'move_aside', 'resume_decision', 'trim_live', 'check_live',
-           'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'train_cmd', 'time_steps', 'bench_train',
-           'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
+           'stale_temporaries', 'train', 'level_order', 'level_order_cmd', 'level_order_by_type', 'train_cmd',
+           'time_steps', 'bench_train', 'bench_train_cmd', 'read_curves', 'plot_run', 'plot_run_cmd']
 
 # %% ../nbs/05_train.ipynb #fabc0ca5
 _AT_LEAST = {'crop': 32, 'levels': 2, 'max_distortions': 1, 'max_offset': 0, 'batch_size': 1, 'workers': 0, 'steps': 1,
@@ -854,6 +854,41 @@ def level_order_cmd(weights:str, # checkpoint in the official layout (e.g. runs/
     if out:
         with atomic_path(out) as t: df.to_csv(t, index=False)
     return 0
+
+# %% ../nbs/05_train.ipynb #fb801d77
+@torch.no_grad()
+def level_order_by_type(scorer, # a scorer (`score_batch`), or a checkpoint in the official layout
+                        images=None, # pristine image files, folders or globs (None: the held-out demo test photos)
+                        seeds:list=(0, 1, 2, 3, 4), # one draw of degradations per seed: the spread over them is the interval
+                        crop:int=96, # crop size
+                        levels:int=5, # degradation levels
+                        repeats:int=2, # samples per image, type and seed
+                        scale:float=0.35, # resize factor of each image's shorter side
+                        draws:str='per_call', # how a sample's levels share random draws (`qualiclip.pairs.draw_groups`)
+                        device:str='cpu', # device of model and degradations
+                        batch_size:int=64, # crops per forward pass
+                       ) -> 'pd.DataFrame':
+    "Within-sample SRCC of the scores against the level, per distortion type and seed: each type alone on every image (rows type, seed, srcc, samples)."
+    import pandas as pd
+    from qualiclip.distortions import DISTORTIONS
+    from qualiclip.metrics import srcc
+    dev = get_device(device)
+    if isinstance(scorer, (str, Path)):
+        from qualiclip.model import QualiCLIP
+        scorer = QualiCLIP.from_checkpoint(scorer, device=dev).eval()
+    ds = pristine_dataset(images if images is not None else demo_folder('test'), 'test', crop, (scale, scale), 0)
+    ims = [im.to(dev) for im in (ds[i] for i in range(len(ds))) if im is not None]
+    if not ims: raise ValueError(f"No readable image in {images}.")
+    rows, neg = [], -np.arange(levels, dtype=np.float64)
+    for seed in seeds:
+        g = make_generator(derive_seed(int(seed), 'level-order-by-type'), dev)
+        for t in DISTORTIONS:
+            p, _ = make_pairs(ims * repeats, crop, levels, generator=g, compositions=[[t]] * (len(ims) * repeats), draws=draws)
+            x = p[:, :, 0].reshape(-1, 3, crop, crop)                     # crop a of every level, rows (sample, level)
+            s = torch.cat([scorer.score_batch(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+            per = [_corr(srcc, r, neg) for r in s.view(-1, levels).numpy().astype(np.float64)]
+            rows.append({'type': t, 'seed': int(seed), 'srcc': float(np.mean(per)), 'samples': len(per)})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/05_train.ipynb #2bf62285
 @writes(inputs=('params', 'pristine', 'val_pristine', 'pretrained'), out=run_kind)
