@@ -1297,6 +1297,7 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
                 download:bool=False, # fetch, verify and unpack the sources first (needs network access)
                 checksums:str|None=None, # YAML/JSON file mapping source file names to pinned SHA-256 (with --download)
                 delete_archives:bool=False, # with --download: delete the archives it downloaded once the dataset verifies (saves their size)
+                splits:bool=True, # with --download: also fetch the authors' published split files (8 datasets; see `AUTHOR_SPLITS`)
                 seed:int=0, # demo only: seed of the random distortions
                 size:int=256, # demo only: side of the square photo crops in pixels
                ) -> int:
@@ -1307,7 +1308,11 @@ def prepare_cmd(dataset:str, # dataset name (`demo`, `koniq10k`, `clive`, `flive
         if dataset == 'demo': build_demo_dataset(root, seed=seed, size=size)
         elif download:
             globals()['download'](dataset, root, checksums=_read_checksums(checksums), delete_archives=delete_archives)
-            if dataset in AUTHOR_SPLITS: fetch_author_splits(dataset, root, progress=True)   # the authors' split files, checked
+            if dataset in AUTHOR_SPLITS and splits:       # the authors' split files, checked; the dataset is usable without them
+                try: fetch_author_splits(dataset, root, progress=True)
+                except DatasetError as e:
+                    print(f"prepare {dataset}: the authors' split files were not fetched ({e}) T1 uses seeded splits for "
+                          f"{dataset}, labelled as such, until this command runs again with network access.", file=sys.stderr)
         r = verify(dataset, root)
     except ConflictError as e:          # something of the user's is in the way: kept, and the exit code says so
         print(f"prepare {dataset}: {e}", file=sys.stderr); return 2

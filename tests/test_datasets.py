@@ -260,6 +260,23 @@ def test_prepare_download_with_pinned_checksums_file(minis, tmp_path, capsys, mo
     assert '12 of 12 images present' in capsys.readouterr().out
 
 
+def test_prepare_download_fetches_the_authors_splits_and_survives_without_them(minis, tmp_path, capsys, monkeypatch):
+    "prepare --download also fetches the authors' split files; when they cannot be fetched the dataset is still prepared, and says so."
+    from qualiclip import datasets as D
+    src = miniature_sources('kadid10k', minis['kadid10k'], tmp_path/'src')
+    monkeypatch.setattr(D.DATASETS['kadid10k'], 'sources', [('kadid10k.zip', src['kadid10k.zip'].as_uri(), None)])
+    calls = []
+    def offline(name, root, base_url=None, progress=False):
+        calls.append((name, Path(root))); raise D.DownloadError("Could not fetch https://example/train.npy (offline).")
+    monkeypatch.setattr(D, 'fetch_author_splits', offline)
+    assert D.prepare_cmd('kadid10k', str(tmp_path/'r1'), download=True) == 0
+    out = capsys.readouterr()
+    assert calls == [('kadid10k', tmp_path/'r1')] and '12 of 12 images present' in out.out
+    assert "the authors' split files were not fetched (Could not fetch" in out.err and 'T1 uses seeded splits for kadid10k' in out.err
+    assert D.prepare_cmd('kadid10k', str(tmp_path/'r2'), download=True, splits=False) == 0 and len(calls) == 1   # --no-splits
+    assert D.prepare_cmd('kadid10k', str(minis['kadid10k'])) == 0 and len(calls) == 1        # without --download: nothing fetched
+
+
 def test_download_keeps_a_dataset_already_in_place(minis, tmp_path):
     # TID2013 ships as RAR: once unpacked by hand, download() is a no-op and fetches nothing
     assert download('tid2013', minis['tid2013'], progress=False, urls={'tid2013.rar': 'http://127.0.0.1:9/tid2013.rar'}) == minis['tid2013']
