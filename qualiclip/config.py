@@ -271,8 +271,8 @@ def _check_options(m:dict, # a row of evaluate.models
                    key:str, # its name
                   ):
     "One error naming the option when a row's `options` holds one its scorer does not take."
-    from qualiclip.scoring import scorer_spec
-    ok = scorer_spec(m['scorer'])['options']
+    from qualiclip.scoring import SCORER_INFO   # the table only: loading a profile runs no scoring code (stage dependencies)
+    ok = SCORER_INFO.get(m['scorer'], {}).get('options', ())
     for o in m.get('options') or {}:
         if o not in ok: raise ValueError(f"evaluate.models.{key}.options.{o} is not an option of scorer {m['scorer']}; "
                                          f"its options: {', '.join(ok) or 'none'}.")
