@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_audit.ipynb #0155a233
 from __future__ import annotations
-import json, math
+import json, math, sys
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +59,9 @@ def behaviour(model, # a QualiCLIP (official layout loaded), in eval mode
     sp, sn = sim[..., 0].mean(-1), sim[..., 1].mean(-1)                       # (B, L, crop)
     gp = (sp[:, :-1] - sp[:, 1:]).mean(-1).numpy(); gn = (sn[:, 1:] - sn[:, :-1]).mean(-1).numpy()   # (B, L-1)
     t = np.array(types); kinds = list(dict.fromkeys(types))
+    from qualiclip.train import _corr                                      # a correlation, 0 where undefined
     neg = -np.arange(L, dtype=np.float64)
-    def lsrcc(r):
-        try: return float(srcc(r, neg))
-        except ValueError: return 0.0
-    order = np.array([[lsrcc(score[b, :, c].numpy().astype(np.float64)) for c in range(2)] for b in range(B)]).mean(1)
+    order = np.array([[_corr(srcc, score[b, :, c].numpy().astype(np.float64), neg) for c in range(2)] for b in range(B)]).mean(1)
     losses = {}
     for name, kw in LOSS_SETTINGS.items():
         _, terms = qualiclip_loss(sim, scale=float(model.scale), **kw)
@@ -78,12 +76,13 @@ def gap_profile(b:dict, # `behaviour` output
     "The gaps of s_p and s_n as one vector, type by type and level by level (the types in `behaviour`'s order)."
     return np.concatenate([np.r_[b['gap_pos'][k], b['gap_neg'][k]] for k in b['types']])
 
-def drift_profile(start:str|Path, # the starting weights
+def drift_profile(start:str|Path|dict, # the starting weights (a file, or its state from `weights.load_clip_state`)
                   weights:str|Path, # a trained model
                  ) -> pd.Series:
     "Relative change of each image-tower layer from the start (parameters; `weights.layer_table`); 0 where undefined (a layer at 0 at the start)."
     from qualiclip.weights import compare_states, layer_table, load_clip_state
-    lt = layer_table(compare_states(load_clip_state(start)[0], load_clip_state(weights)[0]))
+    s0 = start if isinstance(start, dict) else load_clip_state(start)[0]
+    lt = layer_table(compare_states(s0, load_clip_state(weights)[0]))
     rc = pd.to_numeric(lt.rel_change, errors='coerce').to_numpy(float)
     return pd.Series(np.where(np.isfinite(rc), rc, 0.0), index=lt.layer)
 
@@ -122,7 +121,9 @@ def audit(reference:str|Path, # the oracle: the released checkpoint (official la
         return b
     beh = {'(start)': measure(start), '(reference)': measure(reference)} | {k: measure(w) for k, w in candidates.items()}
     g = {k: gap_profile(b) for k, b in beh.items()}
-    drift = {k: drift_profile(start, w) for k, w in [('(reference)', reference), *candidates.items()]}
+    from qualiclip.weights import load_clip_state
+    s0 = load_clip_state(start)[0]                                       # read once, compared with every model
+    drift = {k: drift_profile(s0, w) for k, w in [('(reference)', reference), *candidates.items()]}
     rows = []
     for k, b in beh.items():
         d = distance(g[k], g['(reference)'], g['(start)'], drift[k].to_numpy() if k in drift else 0 * drift['(reference)'].to_numpy(),
@@ -190,8 +191,8 @@ def audit_cmd(reference:str, # the oracle: the released checkpoint (official lay
             if not Path(w).is_file(): raise FileNotFoundError(f"{w}: no such checkpoint; train it first or check the path")
         t = audit(reference, start, cands, out, pristine, samples, crop, levels, seed, device)
     except (ValueError, FileNotFoundError) as e:
-        print(f"audit: {e}", file=__import__('sys').stderr); return 2
+        print(f"audit: {e}", file=sys.stderr); return 2
     show = t[['model', 'rank', 'distance', 'gap_distance', 'drift_distance', 'level_srcc', 'crop_spread']].sort_values('rank', na_position='first')
     print(show.round(4).to_markdown(index=False))
-    print(f"closest to {reference}: {t.sort_values('distance')[t['rank'].notna()].model.iloc[0]} -> {out}/audit.csv, audit.json, audit.png")
+    print(f"closest to {reference}: {t.loc[t['rank'] == 1, 'model'].iloc[0]} -> {out}/audit.csv, audit.json, audit.png")
     return 0
